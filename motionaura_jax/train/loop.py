@@ -1,0 +1,315 @@
+"""The one generic train loop every stage runs through.
+
+`train(config, workdir)` builds the stage, the mesh and the sharded state, resumes from the
+stage's latest checkpoint, and runs jitted steps with logging, periodic evaluation and
+checkpoints. It knows nothing of models: see `motionaura_jax.train.stage.Stage`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from motionaura_jax import checkpoint as checkpoint_lib
+from motionaura_jax.parallel import mesh as mesh_lib
+from motionaura_jax.parallel import sharding
+from motionaura_jax.train import optim
+from motionaura_jax.train.registry import build_stage
+from motionaura_jax.train.stage import Stage
+from motionaura_jax.train.step import TrainState, make_train_step
+
+PyTree = Any
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss or gradient; nothing after the last good step is saved."""
+
+
+def stage_dir(workdir: str, stage_name: str) -> str:
+    """`workdir/<stage>`, created and checked writable (a clear error, not a traceback)."""
+    path = os.path.join(os.path.abspath(workdir), stage_name)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_probe_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(
+            f"workdir {workdir!r} is not writable ({e.strerror}: {e.filename}); "
+            "pass a --workdir you can write to"
+        ) from e
+    return path
+
+
+def check_batch(batch: Mapping[str, Any], step: int) -> None:
+    """Rejects NaN/inf in a batch before it reaches the model."""
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.dtype.kind == "f":
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            if bad:
+                raise ValueError(
+                    f"batch for step {step}: field {key!r} {value.shape} has {bad} non-finite "
+                    "values (NaN/inf); fix the data source, or set "
+                    "train.check_batches=False to skip this check"
+                )
+
+
+def device_fields(stage: Stage, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The numeric fields the devices need (strings and metadata stay on the host)."""
+    names = stage.device_fields or [
+        k for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"
+    ]
+    missing = [k for k in names if k not in batch]
+    if missing:
+        raise ValueError(f"batch lacks fields {missing} that stage {stage.name!r} needs")
+    return {k: np.asarray(batch[k]) for k in names}
+
+
+@dataclasses.dataclass
+class Setup:
+    """What `setup` builds: reused by the loop, tests and tools."""
+
+    stage: Stage
+    mesh: jax.sharding.Mesh
+    state: TrainState
+    state_shardings: PyTree
+    abstract_state: PyTree
+    frozen: PyTree
+    train_step: Any  # jitted
+    data: Iterator
+    schedule: Any
+
+
+def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Setup:
+    """Builds stage, mesh, data iterator, sharded state and the jitted step (fresh state)."""
+    stage = build_stage(config)
+    mesh = mesh or mesh_lib.make_mesh(config.mesh)
+    batch_size = config.train.batch_size
+    shards = mesh_lib.data_parallel_size(mesh)
+    if batch_size % (shards * config.optimizer.grad_accum):
+        raise ValueError(
+            f"train.batch_size={batch_size} must be divisible by the batch shards ({shards}: "
+            f"mesh data x fsdp) times optimizer.grad_accum={config.optimizer.grad_accum}"
+        )
+    data = stage.data("train", config.seed)
+    start = data.get_state()
+    example = device_fields(stage, next(data))
+    data.set_state(start)  # peeking must not shift the batches that training sees
+
+    tx, schedule = optim.make_optimizer(config.optimizer, config.train.num_steps)
+    example_row = {k: v[:1] for k, v in example.items()}
+
+    def init_state(row):
+        params = stage.init(jax.random.PRNGKey(config.seed), row)
+        return TrainState(step=np.int32(0), params=params, opt_state=tx.init(params))
+
+    with nn.logical_axis_rules(stage.rules):
+        abstract_boxed = jax.eval_shape(init_state, example_row)
+    state_shardings = sharding.logical_shardings(abstract_boxed, mesh, stage.rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(stage.rules):
+        state = jax.jit(lambda row: nn.meta.unbox(init_state(row)), out_shardings=state_shardings)(
+            example_row
+        )
+        frozen = None
+        if stage.frozen is not None:
+            frozen_shardings = sharding.logical_shardings(stage.frozen, mesh, stage.rules)
+            frozen = jax.device_put(nn.meta.unbox(stage.frozen), frozen_shardings)
+    abstract_state = sharding.abstract_with_shardings(abstract_boxed, state_shardings)
+
+    step_fn = make_train_step(
+        stage, tx, schedule, seed=config.seed, grad_accum=config.optimizer.grad_accum
+    )
+    batch_shardings = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in example.items()}
+    train_step = jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, None, batch_shardings),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+    return Setup(
+        stage, mesh, state, state_shardings, abstract_state, frozen, train_step, data, schedule
+    )
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag so the loop can save before it exits."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. some notebook runners)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        logging.warning("received signal %d: saving a checkpoint, then exiting", signum)
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+class _Progress:
+    """`[stage] step 120/1000 (12%) | loss 0.1234 | 3.2 steps/s | ETA 4m34s`."""
+
+    def __init__(self, name: str, start: int, total: int) -> None:
+        self.name, self.start, self.total = name, start, total
+        self.t0 = time.perf_counter()
+
+    def line(self, step: int, loss: float) -> str:
+        elapsed = time.perf_counter() - self.t0
+        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if np.isfinite(eta) else "?"
+        return (
+            f"[{self.name}] step {step}/{self.total} ({100 * step / self.total:.0f}%) | "
+            f"loss {loss:.4f} | {rate:.2f} steps/s | ETA {eta_text}"
+        )
+
+
+def _metric_writer(logdir: str):
+    from clu import metric_writers  # imports TensorFlow: keep it out of `import motionaura_jax`
+
+    return metric_writers.create_default_writer(
+        logdir, just_logging=jax.process_index() > 0, asynchronous=True
+    )
+
+
+def _write_json(path: str, payload: dict) -> None:
+    if jax.process_index() != 0:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _check_finite(history: list[tuple[int, dict]]) -> None:
+    for step, metrics in history:
+        for key in ("loss", "l2_grads"):
+            value = float(metrics[key])
+            if not np.isfinite(value):
+                raise NonFiniteLossError(
+                    f"{key} is {value} at step {step}; training stopped and nothing after the "
+                    "last good checkpoint was saved. Lower optimizer.lr, set "
+                    "optimizer.clip_norm, or check the data for extreme values"
+                )
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains `config.stage` under `workdir/<stage>/`; returns the final eval metrics.
+
+    Resumes from the stage's latest checkpoint when there is one. The final evaluation is
+    also written to `workdir/<stage>/eval.json`.
+    """
+    built = setup(config)
+    stage, state, data = built.stage, built.state, built.data
+    out_dir = stage_dir(workdir, stage.name)
+    checkpointer = checkpoint_lib.StageCheckpointer(
+        os.path.join(out_dir, "checkpoints"),
+        stage=config.stage,
+        keep=config.train.keep_checkpoints,
+        async_save=config.train.async_checkpoint,
+    )
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state = checkpointer.restore(latest, built.abstract_state, data)
+    start = int(jax.device_get(state.step))
+    total = config.train.num_steps
+    writer = _metric_writer(out_dir)
+    if start == 0:
+        writer.write_hparams(dict(_flatten_config(config)))
+    progress = _Progress(stage.name, start, total)
+    history: list[tuple[int, dict]] = []
+    t_start = time.perf_counter()
+    step = start
+    with _StopRequest() as stop:
+        while step < total:
+            batch = next(data)
+            if config.train.check_batches:
+                check_batch(batch, step)
+            with jax.set_mesh(built.mesh):
+                device_batch = sharding.device_batch(device_fields(stage, batch), built.mesh)
+                state, metrics = built.train_step(state, built.frozen, device_batch)
+            step += 1
+            history.append((step, metrics))
+            out_of_time = (
+                0 < config.train.max_seconds < time.perf_counter() - t_start
+                or step == config.train.stop_at_step
+            )
+            save_now = (
+                step % config.train.checkpoint_every == 0
+                or step == total
+                or stop.signum is not None
+                or out_of_time
+            )
+            if step % config.train.log_every == 0 or save_now:
+                history = jax.device_get(history)
+                _check_finite(history)  # before any save: a NaN state is never checkpointed
+                _log(writer, history, progress, step)
+                history = []
+            if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
+                writer.write_scalars(
+                    step,
+                    {f"eval/{k}": v for k, v in stage.evaluate(state.params, built.frozen).items()},
+                )
+            if save_now:
+                checkpointer.save(step, state, config, data, force=True)
+            if stop.signum is not None or out_of_time:
+                break
+    checkpointer.wait()
+    if stop.signum is not None:
+        checkpointer.close()
+        writer.close()
+        raise SystemExit(
+            f"[{stage.name}] interrupted by signal {stop.signum} at step {step}; checkpoint "
+            "saved. Run the same command again to resume."
+        )
+    results = dict(stage.evaluate(state.params, built.frozen))
+    results = {k: float(v) for k, v in results.items()}
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    payload = dict(stage=stage.name, step=step, finished=step >= total, **results)
+    _write_json(os.path.join(out_dir, "eval.json"), payload)
+    checkpointer.close()
+    writer.close()
+    return payload
+
+
+def _log(writer, history: list[tuple[int, dict]], progress: _Progress, step: int) -> None:
+    if not history:
+        return
+    keys = history[-1][1].keys()
+    mean = {k: float(np.mean([np.asarray(m[k]) for _, m in history])) for k in keys}
+    writer.write_scalars(step, {f"train/{k}": v for k, v in mean.items()})
+    if jax.process_index() == 0:
+        print(progress.line(step, mean["loss"]), flush=True)
+
+
+def _flatten_config(config: ml_collections.ConfigDict, prefix: str = ""):
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _flatten_config(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float, str, bool)):
+            yield f"{prefix}{key}", value
