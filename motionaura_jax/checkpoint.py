@@ -179,6 +179,23 @@ def read_config(directory: str, step: int | None = None) -> tuple[ml_collections
     return config, step
 
 
+def load_params(stage_folder: str, step: int | None = None) -> tuple[PyTree, ml_collections.ConfigDict]:
+    """Params (host numpy arrays) and config of a finished stage: `workdir/<stage>` or an
+    export folder. This is how a later stage loads the frozen model an earlier one trained.
+    """
+    if os.path.isfile(os.path.join(stage_folder, "config.json")):
+        return load_exported(stage_folder)
+    directory = os.path.join(stage_folder, "checkpoints")
+    config, step = read_config(directory, step)
+    reader = StageCheckpointer(directory, stage=config.stage, async_save=False)
+    # Without a target Orbax restores the saved tree as-is; only the params are kept.
+    restored = reader.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )
+    reader.close()
+    return jax.device_get(restored["state"]["params"]), config
+
+
 def export_params(
     params: PyTree, config: ml_collections.ConfigDict, directory: str, dtype: str = "float32"
 ) -> str:

@@ -125,3 +125,13 @@ def test_export_tool_end_to_end(tmp_path):
     assert params["Dense_1"]["kernel"].dtype == np.float16
     with pytest.raises(ValueError, match="no finished checkpoint"):
         checkpoint_lib.read_config(str(tmp_path / "nothing"))
+
+
+def test_load_params_from_stage_folder_and_export(tmp_path):
+    config, _ = _trained(tmp_path / "run")
+    params, saved = checkpoint_lib.load_params(str(tmp_path / "run" / "tiny"))
+    assert saved.stage == config.stage
+    assert params["Dense_0"]["kernel"].shape == (16, 64)
+    checkpoint_lib.export_params(params, saved, str(tmp_path / "exp"))
+    exported, _ = checkpoint_lib.load_params(str(tmp_path / "exp"))
+    np.testing.assert_array_equal(exported["Dense_0"]["kernel"], params["Dense_0"]["kernel"])

@@ -76,7 +76,7 @@ def test_exact_resume_in_a_new_process(tmp_path):
 
 def test_nan_in_batch_is_a_clear_error(tmp_path):
     config = config_lib.load_config(TINY)
-    first_batch = next(loop.build_stage(config).data("train", config.seed))
+    first_batch = next(loop.build_stage(config, str(tmp_path)).data("train", config.seed))
     bad_index = int(first_batch["index"][3])
     config = config_lib.load_config(TINY, [f"data.nan_at_index={bad_index}"])
     with pytest.raises(ValueError, match=r"step 0: field 'x' \(16, 16\) has 1 non-finite"):
@@ -146,3 +146,13 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
         f"{tmp_path}/tiny/checkpoints", stage="tests.tiny_stage:build"
     )
     assert ckpt.latest_step() is not None and ckpt.latest_step() >= 3
+
+
+def test_metrics_jsonl_has_every_logged_step(tmp_path):
+    config = config_lib.load_config(TINY, ["train.num_steps=3", "train.eval_every=2"])
+    loop.train(config, str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "tiny" / "metrics.jsonl")]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    assert {"loss", "lr", "l2_grads", "l2_params", "l2_updates", "mse"} <= set(train_rows[0])
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 3]

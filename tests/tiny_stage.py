@@ -68,7 +68,7 @@ class _Example:
         return {"x": x, "y": y, "index": np.int32(index)}
 
 
-def build(config) -> Stage:
+def build(config, workdir=None) -> Stage:
     model = TinyMLP(config.model.hidden)
 
     def data(split, seed):

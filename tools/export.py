@@ -28,7 +28,7 @@ def main(argv):
 
     ckpt_dir = os.path.join(_WORKDIR.value, _STAGE.value, "checkpoints")
     config, step = checkpoint_lib.read_config(ckpt_dir, _STEP.value)
-    built = loop.setup(config)
+    built = loop.setup(config, workdir=_WORKDIR.value)
     state = checkpoint_lib.StageCheckpointer(ckpt_dir, stage=config.stage).restore(
         step, built.abstract_state
     )

@@ -93,9 +93,16 @@ class Setup:
     schedule: Any
 
 
-def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Setup:
-    """Builds stage, mesh, data iterator, sharded state and the jitted step (fresh state)."""
-    stage = build_stage(config)
+def setup(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh | None = None,
+    workdir: str | None = None,
+) -> Setup:
+    """Builds stage, mesh, data iterator, sharded state and the jitted step (fresh state).
+
+    `workdir` is the run's top folder, where later stages look for earlier checkpoints.
+    """
+    stage = build_stage(config, workdir)
     mesh = mesh or mesh_lib.make_mesh(config.mesh)
     batch_size = config.train.batch_size
     shards = mesh_lib.data_parallel_size(mesh)
@@ -224,7 +231,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Resumes from the stage's latest checkpoint when there is one. The final evaluation is
     also written to `workdir/<stage>/eval.json`.
     """
-    built = setup(config)
+    built = setup(config, workdir=workdir)
     stage, state, data = built.stage, built.state, built.data
     out_dir = stage_dir(workdir, stage.name)
     checkpointer = checkpoint_lib.StageCheckpointer(
@@ -239,6 +246,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = int(jax.device_get(state.step))
     total = config.train.num_steps
     writer = _metric_writer(out_dir)
+    jsonl = _JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
     if start == 0:
         writer.write_hparams(dict(_flatten_config(config)))
     progress = _Progress(stage.name, start, total)
@@ -268,13 +276,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if step % config.train.log_every == 0 or save_now:
                 history = jax.device_get(history)
                 _check_finite(history)  # before any save: a NaN state is never checkpointed
-                _log(writer, history, progress, step)
+                _log(writer, jsonl, history, progress, step)
                 history = []
             if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
-                writer.write_scalars(
-                    step,
-                    {f"eval/{k}": v for k, v in stage.evaluate(state.params, built.frozen).items()},
-                )
+                periodic = {
+                    k: float(v) for k, v in stage.evaluate(state.params, built.frozen).items()
+                }
+                writer.write_scalars(step, {f"eval/{k}": v for k, v in periodic.items()})
+                jsonl.write(step, "eval", periodic)
             if save_now:
                 checkpointer.save(step, state, config, data, force=True)
             if stop.signum is not None or out_of_time:
@@ -290,6 +299,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results = dict(stage.evaluate(state.params, built.frozen))
     results = {k: float(v) for k, v in results.items()}
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    jsonl.write(step, "eval", results)
     payload = dict(stage=stage.name, step=step, finished=step >= total, **results)
     _write_json(os.path.join(out_dir, "eval.json"), payload)
     checkpointer.close()
@@ -297,12 +307,28 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return payload
 
 
-def _log(writer, history: list[tuple[int, dict]], progress: _Progress, step: int) -> None:
+class _JsonlLog:
+    """`metrics.jsonl` beside the TensorBoard events: plots and reports read it without TF."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def write(self, step: int, kind: str, values: Mapping[str, float]) -> None:
+        if jax.process_index() != 0:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(dict(step=step, kind=kind, time=time.time(), **values)) + "\n")
+
+
+def _log(
+    writer, jsonl: _JsonlLog, history: list[tuple[int, dict]], progress: _Progress, step: int
+) -> None:
     if not history:
         return
     keys = history[-1][1].keys()
     mean = {k: float(np.mean([np.asarray(m[k]) for _, m in history])) for k in keys}
     writer.write_scalars(step, {f"train/{k}": v for k, v in mean.items()})
+    jsonl.write(step, "train", mean)
     if jax.process_index() == 0:
         print(progress.line(step, mean["loss"]), flush=True)
 

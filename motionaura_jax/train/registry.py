@@ -1,4 +1,4 @@
-"""Finds a stage's `build(config) -> Stage` from `config.stage`."""
+"""Finds a stage's `build(config, workdir) -> Stage` from `config.stage`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ STAGE_MODULES = {
 }
 
 
-def build_stage(config: ml_collections.ConfigDict) -> Stage:
+def build_stage(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stage:
     """Built-in stages by name; anything else as `'package.module:function'` (own stages)."""
     name = config.stage
     if ":" in name:
@@ -30,7 +30,7 @@ def build_stage(config: ml_collections.ConfigDict) -> Stage:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         raise ValueError(f"stage {name!r}: cannot import {module_name!r} ({e})") from e
-    stage = getattr(module, function)(config)
+    stage = getattr(module, function)(config, workdir)
     if not isinstance(stage, Stage):
         raise TypeError(f"{module_name}.{function} returned {type(stage).__name__}, not a Stage")
     return stage

@@ -1,7 +1,9 @@
 """The contract between the generic train loop and a training stage.
 
 A stage (`tokenizer`, `t2v`, `inpaint`) is a module under `motionaura_jax/train/` with a
-function `build(config) -> Stage`. The loop knows nothing about models: it creates the
+function `build(config, workdir) -> Stage`. `workdir` is the run's top folder (the stage
+writes under `workdir/<stage>/`); later stages find earlier stages' checkpoints there
+unless their config names another path. The loop knows nothing about models: it creates the
 state with `Stage.init` under `jax.eval_shape`, shards it with `Stage.rules`, feeds the
 batches of `Stage.data`, differentiates `Stage.loss`, and calls `Stage.evaluate`.
 """
