@@ -156,3 +156,10 @@ def test_metrics_jsonl_has_every_logged_step(tmp_path):
     assert [r["step"] for r in train_rows] == [1, 2, 3]
     assert {"loss", "lr", "l2_grads", "l2_params", "l2_updates", "mse"} <= set(train_rows[0])
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 3]
+
+
+def test_rerun_of_a_finished_stage_only_evaluates(tmp_path):
+    config = config_lib.load_config(TINY, ["train.num_steps=2"])
+    first = loop.train(config, str(tmp_path))
+    again = loop.train(config, str(tmp_path))
+    assert first == again and again["step"] == 2

@@ -252,7 +252,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress = _Progress(stage.name, start, total)
     history: list[tuple[int, dict]] = []
     t_start = time.perf_counter()
-    step = start
+    step, interrupted = start, False
     with _StopRequest() as stop:
         while step < total:
             batch = next(data)
@@ -263,6 +263,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 state, metrics = built.train_step(state, built.frozen, device_batch)
             step += 1
             history.append((step, metrics))
+            # One snapshot of the stop flag per step: a signal arriving between the save
+            # decision and the exit decision must not skip the save.
+            interrupted = stop.signum is not None
             out_of_time = (
                 0 < config.train.max_seconds < time.perf_counter() - t_start
                 or step == config.train.stop_at_step
@@ -270,7 +273,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             save_now = (
                 step % config.train.checkpoint_every == 0
                 or step == total
-                or stop.signum is not None
+                or interrupted
                 or out_of_time
             )
             if step % config.train.log_every == 0 or save_now:
@@ -286,10 +289,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 jsonl.write(step, "eval", periodic)
             if save_now:
                 checkpointer.save(step, state, config, data, force=True)
-            if stop.signum is not None or out_of_time:
+            if interrupted or out_of_time:
                 break
     checkpointer.wait()
-    if stop.signum is not None:
+    if interrupted:
         checkpointer.close()
         writer.close()
         raise SystemExit(
