@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -178,22 +178,55 @@ class _StopRequest:
         return False
 
 
-class _Progress:
-    """`[stage] step 120/1000 (12%) | loss 0.1234 | 3.2 steps/s | ETA 4m34s`."""
+def format_seconds(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
-    def __init__(self, name: str, start: int, total: int) -> None:
+
+class _Progress:
+    """`[stage] |#####.....| 50% step 120/240 | loss 0.1234 | 3.2 steps/s | ETA 0m37s`.
+
+    With a wall-clock budget (`train.max_seconds`) the ETA is the sooner of the two ends.
+    `suffix(eta_seconds)` lets a caller append its own text (the main job's overall ETA).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        start: int,
+        total: int,
+        max_seconds: float = 0.0,
+        suffix: Callable[[float], str] | None = None,
+    ) -> None:
         self.name, self.start, self.total = name, start, total
+        self.max_seconds, self.suffix = max_seconds, suffix
         self.t0 = time.perf_counter()
+
+    def eta(self, step: int) -> float:
+        elapsed = time.perf_counter() - self.t0
+        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        if self.max_seconds > 0:
+            eta = min(eta, max(self.max_seconds - elapsed, 0.0))
+        return eta
 
     def line(self, step: int, loss: float) -> str:
         elapsed = time.perf_counter() - self.t0
         rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if np.isfinite(eta) else "?"
-        return (
-            f"[{self.name}] step {step}/{self.total} ({100 * step / self.total:.0f}%) | "
-            f"loss {loss:.4f} | {rate:.2f} steps/s | ETA {eta_text}"
+        eta = self.eta(step)
+        done = step / self.total
+        if self.max_seconds > 0:
+            done = max(done, min(elapsed / self.max_seconds, 1.0))
+        bar = "#" * int(20 * done) + "." * (20 - int(20 * done))
+        text = (
+            f"[{self.name}] |{bar}| {100 * done:3.0f}% step {step}/{self.total} | "
+            f"loss {loss:.4f} | {rate:.2f} steps/s | ETA {format_seconds(eta)}"
         )
+        return text + (self.suffix(eta) if self.suffix else "")
 
 
 def _metric_writer(logdir: str):
@@ -225,11 +258,16 @@ def _check_finite(history: list[tuple[int, dict]]) -> None:
                 )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    progress_suffix: Callable[[float], str] | None = None,
+) -> dict:
     """Trains `config.stage` under `workdir/<stage>/`; returns the final eval metrics.
 
     Resumes from the stage's latest checkpoint when there is one. The final evaluation is
-    also written to `workdir/<stage>/eval.json`.
+    also written to `workdir/<stage>/eval.json`. `progress_suffix(stage_eta_seconds)` adds
+    text to each progress line (the main job's overall ETA).
     """
     built = setup(config, workdir=workdir)
     stage, state, data = built.stage, built.state, built.data
@@ -249,7 +287,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     jsonl = _JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
     if start == 0:
         writer.write_hparams(dict(_flatten_config(config)))
-    progress = _Progress(stage.name, start, total)
+    progress = _Progress(stage.name, start, total, config.train.max_seconds, progress_suffix)
     history: list[tuple[int, dict]] = []
     t_start = time.perf_counter()
     step, interrupted = start, False
