@@ -1,0 +1,145 @@
+"""Stage 1 (`tokenizer`): the 3D-MBQ-VAE (section 3.1, Appendix B; DESIGN D2-D5, D11).
+
+  python launch/train.py --config=configs/tokenizer.py:toy --workdir=DIR
+
+Variants (comma-separated modifiers apply on top of a base, e.g. `toy,vq`; a modifier
+alone applies to `paper`):
+  toy            shapes on CPU in minutes: 9 x 64 x 64 clips, small widths
+  paper          paper widths (137.6M encoder / 179.0M decoder, D2) and schedule (D.2, D11):
+                 AdamW 1e-4 cosine, fp32, grad-accum 8, 800k steps, bucket mixture
+                 33x256^2 / 17x512^2 / 33x720x1280 / 49x480x640 at 40/10/25/25 %, mesh 4x8
+  vq, lfq, gumbel  Table 7 quantizers instead of the default FSQ (12,800 codes, d = 8):
+                 VQ 4096 codes d = 256; binary LFQ d = 13 (8192 codes; binary LFQ has 2^d
+                 codes, so Table 7's 8000 is not reachable); Gumbel 256 codes d = 512
+  no_mfi         without the masked-frame-index loss and head (section 4.2)
+  no_patch_mask, no_frame_mask, no_mask   Table 8's masking ablations
+"""
+
+import ml_collections
+
+from configs.common import base_config
+from motionaura_jax.data.config import arrayrecord_config, shapes_config
+
+BASES = ("toy", "paper")
+MODIFIERS = ("vq", "lfq", "gumbel", "no_mfi", "no_patch_mask", "no_frame_mask", "no_mask")
+VARIANTS = BASES + MODIFIERS
+
+# Table 7 rows: quantizer sections with the latent width they need.
+_QUANTIZERS = {
+    "fsq": (8, dict(name="fsq", levels=(8, 8, 8, 5, 5), commit_weight=0.25)),
+    "vq": (256, dict(name="vq", codebook_size=4096, beta=0.25)),
+    "lfq": (13, dict(name="lfq", entropy_weight=0.1, commit_weight=0.25, gamma=1.0, tau=0.01)),
+    "gumbel": (512, dict(name="gumbel", codebook_size=256, temperature=1.0, kl_weight=5e-4)),
+}
+
+
+def _model(stem: int, widths, depths, dec_widths, dec_depths, mfi_hidden: int):
+    """`tokenizer.model.build_tokenizer` fields, 1:1."""
+    latent_dim, quantizer = _QUANTIZERS["fsq"]
+    return ml_collections.ConfigDict(
+        dict(
+            latent_dim=latent_dim,
+            stem_width=stem,
+            widths=tuple(widths),
+            depths=tuple(depths),  # (2, 2, 2, 3): temporal downsampling at blocks 6 and 9
+            decoder_widths=tuple(dec_widths),
+            decoder_depths=tuple(dec_depths),
+            temporal_down=(False, True, True),
+            depthwise_impl="",  # "" = per backend: shifted on CPU, grouped elsewhere
+            remat=False,
+            dtype="float32",  # D.2: fp32 "to reduce the risk of numerical overflow"
+            mfi_hidden=mfi_hidden,  # 0 = no MFI head
+            quantizer=ml_collections.ConfigDict(quantizer),
+        )
+    )
+
+
+def _common() -> ml_collections.ConfigDict:
+    c = base_config("tokenizer")
+    c.masking = ml_collections.ConfigDict(
+        dict(
+            patch=True,
+            patch_sizes=(16, 32),
+            patch_ratio=(0.2, 0.6),  # B.2.2: cosine 20% -> 60%
+            frame=True,
+            frame_prob=(0.1, 0.5),  # B.2.2: cosine 10% -> 50%
+            total_steps=0,  # 0 = train.num_steps
+            fill=0.0,
+        )
+    )
+    c.loss = ml_collections.ConfigDict(dict(mfi_weight=1.0))
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            num_clips=256,  # held-out clips for PSNR / SSIM / codebook usage
+            batch_size=32,
+            split="eval",
+        )
+    )
+    return c
+
+
+def _toy() -> ml_collections.ConfigDict:
+    c = _common()
+    c.data = shapes_config()  # 9 x 64 x 64 -> 3 x 4 x 4 tokens
+    # Narrow full-resolution stages: the 4x-expanded MB activations at 32x32 dominate CPU
+    # memory; one Inception-Fused-MB block sits in stage 2 (16x16).
+    c.model = _model(16, (16, 32, 48, 64), (1, 2, 1, 1), (16, 32, 48, 64), (1, 2, 1, 1), 64)
+    c.optimizer.update(lr=1e-3, warmup_steps=50, weight_decay=0.0, clip_norm=1.0, end_lr_ratio=0.1)
+    c.train.update(
+        num_steps=1500, batch_size=8, log_every=25, checkpoint_every=500, max_seconds=840.0
+    )
+    c.masking.patch_sizes = (8, 16)  # 64x64 frames: the paper's 16/32 on 256px, scaled 1/4
+    c.eval.update(num_clips=256, batch_size=32)
+    return c
+
+
+def _paper() -> ml_collections.ConfigDict:
+    c = _common()
+    c.data = arrayrecord_config()  # tools/videos_to_arrayrecord.py shards
+    # D.2: (frames, resolution, per-GPU batch) buckets at 40/10/25/25 %, as 1 + 4k frames;
+    # bucket batch = per-GPU batch x 32 GPUs x 8 accumulation steps (global per update).
+    c.data.buckets = (
+        dict(frames=33, height=256, width=256, batch_size=8 * 32 * 8, ratio=0.40),
+        dict(frames=17, height=512, width=512, batch_size=4 * 32 * 8, ratio=0.10),
+        dict(frames=33, height=720, width=1280, batch_size=2 * 32 * 8, ratio=0.25),
+        dict(frames=49, height=480, width=640, batch_size=4 * 32 * 8, ratio=0.25),
+    )
+    c.data.frames, c.data.height, c.data.width = 33, 256, 256
+    c.model = _model(
+        64, (128, 256, 512, 544), (2, 2, 2, 3), (128, 256, 544, 576), (3, 3, 3, 3), 256
+    )
+    c.model.remat = True
+    c.mesh.update(data=4, fsdp=8, tensor=1)  # 4 x 8 A100 (D.2)
+    c.optimizer.update(
+        name="adamw", lr=1e-4, schedule="cosine", warmup_steps=1000, weight_decay=0.01, grad_accum=8
+    )
+    c.train.update(num_steps=800_000, batch_size=8 * 32 * 8, log_every=100, checkpoint_every=5000)
+    c.eval.update(num_clips=256, batch_size=8)
+    return c
+
+
+def _modify(c: ml_collections.ConfigDict, name: str) -> None:
+    if name in _QUANTIZERS:
+        c.model.latent_dim, quantizer = _QUANTIZERS[name]
+        c.model.quantizer = ml_collections.ConfigDict(quantizer)
+    elif name == "no_mfi":
+        c.model.mfi_hidden = 0
+        c.loss.mfi_weight = 0.0
+    elif name == "no_patch_mask":
+        c.masking.patch = False
+    elif name == "no_frame_mask":
+        c.masking.frame = False
+    elif name == "no_mask":
+        c.masking.patch = c.masking.frame = False
+    else:
+        raise ValueError(f"unknown tokenizer variant {name!r}; use one of {VARIANTS}")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg`: a base (`toy`, `paper`), modifiers, or `base,modifier,...` (default `toy`)."""
+    parts = [p for p in (arg or "toy").split(",") if p]
+    base = parts.pop(0) if parts[0] in BASES else "paper"
+    c = _toy() if base == "toy" else _paper()
+    for name in parts:
+        _modify(c, name)
+    return c

@@ -1,0 +1,388 @@
+"""Causal 3D convolutions and the 3D-MBQ-VAE blocks (Appendix B.1.3, B.1.4; DESIGN D2).
+
+Layout is channels-last `(B, T, H, W, C)` (D1). Every temporal convolution is *causal*:
+the time axis is padded only at the front, so output frame t sees input frames <= t. With
+the kernel 3 / stride 2 temporal downsamplers this maps `T = 1 + 2m` frames to `1 + m`, so
+`1 + 4k` frames become `1 + k` latent frames and a single image (`T = 1`) is a valid clip.
+
+Normalisation and squeeze-excitation pool over (H, W) of each frame only: pooling over time
+would let future frames change past latents, which breaks causality (D2) and the chunked
+long-video path (`tokenizer/streaming.py`).
+
+Streaming: when a module is applied with the `'cache'` collection mutable (and not while
+initialising), each causal convolution prepends the tail of the previous chunk's input
+(kept in `cache/tail`) instead of zero padding, and stores its own tail for the next
+chunk. Chunks after the first must then have a length divisible by the total temporal
+stride; see `tokenizer/streaming.py`.
+
+Kernel naming: the paper writes kernels as N x H x W (frames first, B.1.4) and our layout
+is (T, H, W), so paper kernels map one-to-one: 3x3x1 mixes time and height, 3x1x3 time and
+width, 1x3x3 is purely spatial.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from motionaura_jax.parallel import axes
+
+Dtype = Any
+_DIMS = ("NDHWC", "DHWIO", "NDHWC")
+DEPTHWISE_IMPLS = ("grouped", "shifted")
+# Kernel tap axes (kt, kh, kw): Flax rejects a logical name used twice in one array, so
+# only the temporal tap axis is named; the spatial ones are None (neither is ever sharded).
+TAP_AXES = (axes.CONV_SPACE, None, None)
+
+
+def channel_axis(n: int, name: str) -> str | None:
+    """Logical name for a channel dim of size `n`; tiny dims (RGB, the d=8 latent) stay
+    replicated because a mesh axis must divide whatever it shards."""
+    return name if n >= 64 and n % 8 == 0 else None
+
+
+def default_depthwise_impl() -> str:
+    """`'shifted'` on CPU, where XLA's grouped Conv3D is ~10x slower (DESIGN section 7),
+    `'grouped'` (one `feature_group_count` convolution) on GPU/TPU."""
+    return "shifted" if jax.default_backend() == "cpu" else "grouped"
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def causal_front(module: nn.Module, x_bthwc: jax.Array, pad: int, keep: int) -> jax.Array:
+    """Prepend `pad` causal frames to `x`: zeros, or in streaming mode the cached tail.
+
+    Args:
+      module: the calling module (owns the `cache/tail` variable).
+      x_bthwc: (B, T, H, W, C) input.
+      pad: front frames needed by the first chunk (kernel_t - 1).
+      keep: frames the next chunk needs (kernel_t - stride_t); the cache is aligned so
+        that the next chunk's first output continues the global output sequence.
+    Returns:
+      (B, T + pad, H, W, C) on the first chunk, (B, T + keep, ...) on later chunks.
+    """
+    if pad == 0:
+        return x_bthwc
+    streaming = module.is_mutable_collection("cache") and not module.is_initializing()
+    if streaming and module.has_variable("cache", "tail"):
+        tail = module.get_variable("cache", "tail")
+        xp = jnp.concatenate([tail.astype(x_bthwc.dtype), x_bthwc], axis=1)
+    else:
+        xp = jnp.pad(x_bthwc, ((0, 0), (pad, 0), (0, 0), (0, 0), (0, 0)))
+    if streaming and keep > 0:
+        module.put_variable("cache", "tail", xp[:, xp.shape[1] - keep :])
+    return xp
+
+
+class CausalConv3D(nn.Module):
+    """Dense 3D convolution, causal in time, 'SAME' in space.
+
+    Input (B, T, H, W, Cin) -> (B, T', H / s_h, W / s_w, features) with
+    T' = (T - 1) // s_t + 1 (first chunk) for temporal kernel 3 and stride s_t in {1, 2}.
+    """
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3, 3)
+    strides: Sequence[int] = (1, 1, 1)
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x_bthwc: jax.Array) -> jax.Array:
+        kt, kh, kw = self.kernel_size
+        st, sh, sw = self.strides
+        cin = x_bthwc.shape[-1]
+        names = TAP_AXES + (
+            channel_axis(cin, axes.CONV_IN),
+            channel_axis(self.features, axes.CONV_OUT),
+        )
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, names),
+            (kt, kh, kw, cin, self.features),
+            self.param_dtype,
+        )
+        x = causal_front(self, x_bthwc.astype(self.dtype), kt - 1, max(kt - st, 0))
+        _, _, h, w, _ = x.shape
+        y = lax.conv_general_dilated(
+            x,
+            kernel.astype(self.dtype),
+            window_strides=(st, sh, sw),
+            padding=((0, 0), _same_pads(h, kh, sh), _same_pads(w, kw, sw)),
+            dimension_numbers=_DIMS,
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(
+                    nn.initializers.zeros, (channel_axis(self.features, axes.CONV_OUT),)
+                ),
+                (self.features,),
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def depthwise_grouped(x_padded: jax.Array, kernel_thwc: jax.Array) -> jax.Array:
+    """Depthwise conv as one XLA grouped convolution. x (B, T+kt-1, H+kh-1, W+kw-1, C)
+    already padded, kernel (kt, kh, kw, C) -> (B, T, H, W, C)."""
+    c = x_padded.shape[-1]
+    return lax.conv_general_dilated(
+        x_padded,
+        kernel_thwc[:, :, :, None, :],
+        window_strides=(1, 1, 1),
+        padding="VALID",
+        dimension_numbers=_DIMS,
+        feature_group_count=c,
+    )
+
+
+def depthwise_shifted(x_padded: jax.Array, kernel_thwc: jax.Array) -> jax.Array:
+    """The same depthwise conv as kt*kh*kw shifted multiply-adds (DESIGN section 7: ~10x
+    faster than the grouped conv on XLA CPU). Same shapes as `depthwise_grouped`."""
+    kt, kh, kw, _ = kernel_thwc.shape
+    b, tp, hp, wp, c = x_padded.shape
+    t, h, w = tp - kt + 1, hp - kh + 1, wp - kw + 1
+    out = jnp.zeros((b, t, h, w, c), x_padded.dtype)
+    for a in range(kt):
+        for i in range(kh):
+            for j in range(kw):
+                out = out + x_padded[:, a : a + t, i : i + h, j : j + w, :] * kernel_thwc[a, i, j]
+    return out
+
+
+class DepthwiseConv3D(nn.Module):
+    """Per-channel 3D convolution, causal in time, stride 1: (B, T, H, W, C) -> same shape.
+
+    `impl` is `'grouped'`, `'shifted'` or None (pick per backend, `default_depthwise_impl`);
+    both read the same (kt, kh, kw, C) kernel, so checkpoints move between them.
+    """
+
+    kernel_size: Sequence[int] = (3, 3, 3)
+    impl: str | None = None
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_bthwc: jax.Array) -> jax.Array:
+        impl = self.impl or default_depthwise_impl()
+        if impl not in DEPTHWISE_IMPLS:
+            raise ValueError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+        kt, kh, kw = self.kernel_size
+        c = x_bthwc.shape[-1]
+        cname = channel_axis(c, axes.CONV_OUT)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(
+                nn.initializers.variance_scaling(
+                    1.0, "fan_in", "truncated_normal", in_axis=(0, 1, 2), out_axis=3
+                ),
+                TAP_AXES + (cname,),
+            ),
+            (kt, kh, kw, c),
+            self.param_dtype,
+        )
+        x = causal_front(self, x_bthwc.astype(self.dtype), kt - 1, kt - 1)
+        x = jnp.pad(x, ((0, 0), (0, 0), _same_pads(1, kh, 1), _same_pads(1, kw, 1), (0, 0)))
+        fn = depthwise_grouped if impl == "grouped" else depthwise_shifted
+        y = fn(x, kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, (cname,)),
+                (c,),
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class ConvTranspose3D(nn.Module):
+    """Transposed conv with a temporal kernel of 1 (so it is trivially causal):
+    (B, T, H, W, Cin) -> (B, T, H * s_h, W * s_w, features). The decoder's last layer (B.1.1)."""
+
+    features: int
+    kernel_size: Sequence[int] = (1, 4, 4)
+    strides: Sequence[int] = (1, 2, 2)
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_bthwc: jax.Array) -> jax.Array:
+        if self.kernel_size[0] != 1 or self.strides[0] != 1:
+            raise ValueError(
+                "ConvTranspose3D is causal only with a temporal kernel and stride of 1, "
+                f"got kernel {self.kernel_size}, strides {self.strides}"
+            )
+        cin = x_bthwc.shape[-1]
+        names = TAP_AXES + (
+            channel_axis(cin, axes.CONV_IN),
+            channel_axis(self.features, axes.CONV_OUT),
+        )
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+            (*self.kernel_size, cin, self.features),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(
+                nn.initializers.zeros, (channel_axis(self.features, axes.CONV_OUT),)
+            ),
+            (self.features,),
+            self.param_dtype,
+        )
+        y = lax.conv_transpose(
+            x_bthwc.astype(self.dtype),
+            kernel.astype(self.dtype),
+            strides=tuple(self.strides),
+            padding="SAME",
+            dimension_numbers=_DIMS,
+        )
+        return y + bias.astype(self.dtype)
+
+
+class FrameGroupNorm(nn.Module):
+    """GroupNorm with statistics over (H, W, channel group) of each frame separately
+    (pooling over T would leak future frames, see module docstring). Shape preserving."""
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_bthwc: jax.Array) -> jax.Array:
+        b, t, h, w, c = x_bthwc.shape
+        g = math.gcd(self.num_groups, c)
+        # Narrow layers: keep >= 4 channels per group, so statistics over a small frame
+        # (a 1x1 latent) do not normalise every value to exactly zero.
+        while g > 1 and c // g < 4:
+            g //= 2
+        # Statistics in float32: bf16 variances of large maps lose most of their bits.
+        x = x_bthwc.astype(jnp.float32).reshape(b, t, h * w, g, c // g)
+        mean = x.mean(axis=(2, 4), keepdims=True)
+        var = jnp.square(x - mean).mean(axis=(2, 4), keepdims=True)
+        x = ((x - mean) * lax.rsqrt(var + self.epsilon)).reshape(b, t, h, w, c)
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, (axes.NORM,)),
+            (c,),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, (axes.NORM,)),
+            (c,),
+            self.param_dtype,
+        )
+        return (x * scale + bias).astype(self.dtype)
+
+
+def _pointwise(features: int, cin: int, name: str, dtype: Dtype) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(),
+            (channel_axis(cin, axes.CONV_IN), channel_axis(features, axes.CONV_OUT)),
+        ),
+        bias_init=nn.with_logical_partitioning(
+            nn.initializers.zeros, (channel_axis(features, axes.CONV_OUT),)
+        ),
+        name=name,
+    )
+
+
+class SqueezeExcite3D(nn.Module):
+    """3D squeeze-excitation (B.1.3): per-frame spatial pooling -> MLP -> sigmoid gate.
+    (B, T, H, W, C) -> same shape; `hidden` is the bottleneck width."""
+
+    hidden: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_bthwc: jax.Array) -> jax.Array:
+        c = x_bthwc.shape[-1]
+        s = x_bthwc.astype(jnp.float32).mean(axis=(2, 3), keepdims=True).astype(self.dtype)
+        s = nn.silu(_pointwise(self.hidden, c, "reduce", self.dtype)(s))
+        s = nn.sigmoid(_pointwise(c, self.hidden, "expand", self.dtype)(s))
+        return x_bthwc * s
+
+
+class MBConv3D(nn.Module):
+    """3D Mobile-inverted block (B.1.3, D2): 3x3x3 conv C'->C, then the residual branch
+    norm -> pointwise C->4C -> SiLU -> SE -> depthwise 3x3x3 -> norm -> SiLU ->
+    pointwise 4C->C, added to the 3x3x3 conv's output. (B, T, H, W, C') -> (B, T, H, W, C).
+    """
+
+    features: int
+    expansion: int = 4
+    se_ratio: float = 0.25
+    depthwise_impl: str | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_bthwc: jax.Array) -> jax.Array:
+        c, wide = self.features, self.features * self.expansion
+        h = CausalConv3D(c, (3, 3, 3), dtype=self.dtype, name="conv_in")(x_bthwc)
+        r = FrameGroupNorm(dtype=self.dtype, name="norm_in")(h)
+        r = nn.silu(_pointwise(wide, c, "expand", self.dtype)(r))
+        r = SqueezeExcite3D(max(8, int(c * self.se_ratio)), dtype=self.dtype, name="se")(r)
+        r = DepthwiseConv3D(
+            (3, 3, 3), impl=self.depthwise_impl, dtype=self.dtype, name="depthwise"
+        )(r)
+        r = nn.silu(FrameGroupNorm(dtype=self.dtype, name="norm_mid")(r))
+        r = _pointwise(c, wide, "project", self.dtype)(r)
+        return h + r
+
+
+# B.1.4: paper kernels N x H x W == our (T, H, W), see the module docstring.
+INCEPTION_KERNELS = ((3, 3, 1), (3, 1, 3), (1, 3, 3))
+
+
+class InceptionFusedMB3D(nn.Module):
+    """Inception-Fused-MB block (B.1.4, D2): three parallel branches, conv with kernel
+    3x3x1 (T-H), 3x1x3 (T-W), 1x3x3 (H-W) each followed by an MBConv3D, concatenated and
+    fused by a 1x1x1 conv. A residual around the whole block when C' == C is ours (the
+    paper is silent); it keeps deep stacks trainable. (B, T, H, W, C') -> (B, T, H, W, C).
+    """
+
+    features: int
+    expansion: int = 4
+    depthwise_impl: str | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_bthwc: jax.Array) -> jax.Array:
+        branches = []
+        for i, k in enumerate(INCEPTION_KERNELS):
+            b = CausalConv3D(self.features, k, dtype=self.dtype, name=f"branch{i}_conv")(x_bthwc)
+            b = MBConv3D(
+                self.features,
+                self.expansion,
+                depthwise_impl=self.depthwise_impl,
+                dtype=self.dtype,
+                name=f"branch{i}_mb",
+            )(b)
+            branches.append(b)
+        y = CausalConv3D(self.features, (1, 1, 1), dtype=self.dtype, name="fuse")(
+            jnp.concatenate(branches, axis=-1)
+        )
+        if x_bthwc.shape[-1] == self.features:
+            y = y + x_bthwc.astype(y.dtype)
+        return y

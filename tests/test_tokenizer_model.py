@@ -1,0 +1,140 @@
+"""VideoTokenizer: shapes, causality, errors, parameter budget, chunked long-video path."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from motionaura_jax.tokenizer import losses, streaming
+from motionaura_jax.tokenizer.model import VideoTokenizer, build_tokenizer, param_counts
+
+KEY = jax.random.key(0, impl="rbg")  # rbg: init compiles much faster than threefry on CPU
+
+TINY = dict(
+    latent_dim=8,
+    stem_width=8,
+    widths=(8, 8, 16, 16),
+    depths=(1, 1, 1, 1),  # the blocks themselves are tested in test_conv3d
+    temporal_down=(False, True, True),
+    depthwise_impl="grouped",  # faster to compile; parity with 'shifted' is in test_conv3d
+    quantizer=dict(name="fsq"),
+    mfi_hidden=16,
+)
+
+
+@functools.cache
+def tiny() -> tuple[VideoTokenizer, dict]:
+    model = build_tokenizer(TINY)
+    params = jax.jit(model.init)(KEY, jnp.zeros((1, 5, 32, 32, 3)))
+    return model, params
+
+
+@functools.cache
+def _encode():
+    model, _ = tiny()
+    return jax.jit(lambda p, v: model.apply(p, v, method=VideoTokenizer.encode))
+
+
+def _video(t, b=2, hw=32, seed=1):
+    return jax.random.uniform(jax.random.key(seed), (b, t, hw, hw, 3), minval=-1, maxval=1)
+
+
+@pytest.mark.parametrize("t", [1, 5, 17])
+def test_shapes(t):
+    model, params = tiny()
+    out = jax.eval_shape(lambda p, v: model.apply(p, v, train=True), params, _video(t))
+    n = 1 + (t - 1) // 4
+    assert out["recon"].shape == (2, t, 32, 32, 3) and out["recon"].dtype == jnp.float32
+    assert out["indices"].shape == (2, n, 2, 2) and out["indices"].dtype == jnp.int32
+    assert out["z_c"].shape == (2, n, 2, 2, 8)
+    assert out["mfi_logits"].shape == (2, t)
+    decoded = jax.eval_shape(
+        lambda p, i: model.apply(p, i, method=VideoTokenizer.decode), params, out["indices"]
+    )
+    assert decoded.shape == (2, t, 32, 32, 3)
+
+
+def test_decode_of_encode_is_the_training_reconstruction():
+    model, params = tiny()
+    out = jax.jit(lambda p, v: model.apply(p, v, train=False))(params, _video(5))
+    assert int(out["indices"].min()) >= 0 and int(out["indices"].max()) < 12_800
+    video = jax.jit(lambda p, i: model.apply(p, i, method=VideoTokenizer.decode))(
+        params, out["indices"]
+    )
+    np.testing.assert_allclose(video, out["recon"], atol=1e-5)
+
+
+def test_encoder_is_causal():
+    model, params = tiny()
+    v = _video(9, b=1)
+    j = 5  # input frame 5 belongs to latent frame ceil(5 / 4) = 2
+    v2 = v.at[:, j].set(-v[:, j])
+    z1 = _encode()(params, v)[1]["z_c"]
+    z2 = _encode()(params, v2)[1]["z_c"]
+    np.testing.assert_allclose(z1[:, :2], z2[:, :2], atol=1e-6)
+    assert float(jnp.abs(z1[:, 2] - z2[:, 2]).max()) > 1e-4
+
+
+def test_bad_frame_count_and_resolution_raise():
+    model, params = tiny()
+    with pytest.raises(ValueError, match=r"frames must be 1 \+ 4k .* got 16; use 17"):
+        model.apply(params, jnp.zeros((1, 16, 16, 16, 3)), method=VideoTokenizer.encode)
+    with pytest.raises(ValueError, match="divisible by 16, got 24x32; use 32x32"):
+        model.apply(params, jnp.zeros((1, 5, 24, 32, 3)), method=VideoTokenizer.encode)
+
+
+def test_paper_widths_param_budget():
+    from configs import tokenizer as tok_config
+
+    counts = param_counts(build_tokenizer(tok_config.get_config("paper").model))
+    # D2: within 15% of the paper's 140M encoder / 177M decoder.
+    assert abs(counts["encoder"] / 140e6 - 1) < 0.15, counts
+    assert abs(counts["decoder"] / 177e6 - 1) < 0.15, counts
+
+
+def test_chunked_encode_decode_equals_full_clip():
+    model, params = tiny()
+    v = _video(9, b=1, seed=3)
+    full_idx, _ = _encode()(params, v)
+    chunk_idx = streaming.encode_chunked(model, params["params"], v, chunk_latents=1)
+    np.testing.assert_array_equal(chunk_idx, full_idx)
+    full_video = jax.jit(lambda p, i: model.apply(p, i, method=VideoTokenizer.decode))(
+        params, full_idx
+    )
+    chunk_video = streaming.decode_chunked(model, params["params"], full_idx, chunk_latents=1)
+    np.testing.assert_allclose(chunk_video, full_video, atol=1e-4)
+
+
+def test_mfi_loss_falls_on_fixed_batch():
+    model, params = tiny()
+    rng = np.random.default_rng(0)
+    v = np.array(_video(9, b=4, seed=4))
+    frame_index = jnp.asarray(rng.integers(0, 9, size=4), jnp.int32)
+    v[np.arange(4), np.asarray(frame_index)] = 0.0  # blank one frame per clip
+    has = jnp.ones((4,), bool)
+    # Train the encoder + MFI head only (the decoder plays no part in L_MFI).
+    trainable = {k: params["params"][k] for k in ("encoder", "mfi_head")}
+
+    def loss_fn(t):
+        p = {"params": {**params["params"], **t}}
+        _, aux = model.apply(p, jnp.asarray(v), method=VideoTokenizer.encode)
+        logits = model.apply(p, aux["z_c"], method=lambda m, z: m.mfi_head(z))
+        return losses.mfi_loss(logits, frame_index, has)[0]
+
+    opt = optax.adam(5e-3)
+
+    @jax.jit
+    def step(t, s):
+        loss, g = jax.value_and_grad(loss_fn)(t)
+        u, s = opt.update(g, s, t)
+        return optax.apply_updates(t, u), s, loss
+
+    state = opt.init(trainable)
+    first = None
+    for _ in range(20):
+        trainable, state, loss = step(trainable, state)
+        first = float(loss) if first is None else first
+    assert float(loss) < 0.5 * first, (first, float(loss))

@@ -1,0 +1,127 @@
+"""Tokenizer benchmarks: train-step throughput and the depthwise-conv implementations.
+
+  python tools/bench_tokenizer.py                       # toy + paper (reduced) + depthwise
+  python tools/bench_tokenizer.py --sizes=toy --steps=3
+
+Prints one JSON object:
+  depthwise: fwd+bwd seconds of one depthwise 3x3x3 conv (B=8, 16x32x32x64, DESIGN
+    section 7) with each implementation, the backend's default and its speed-up over the
+    naive grouped convolution;
+  train_<size>: clips/s of one AdamW step of the tokenizer stage loss (masking, MFI,
+    quantizer) at that config's model, with the clip shape and batch used (paper widths on
+    CPU at a reduced clip and batch; compile time reported separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import tokenizer as tok_config  # noqa: E402
+from motionaura_jax.nn import conv3d  # noqa: E402
+from motionaura_jax.tokenizer.model import build_tokenizer, param_counts  # noqa: E402
+from motionaura_jax.train import tokenizer as tok_stage  # noqa: E402
+
+
+def _time(fn, *args, repeats: int) -> tuple[float, float]:
+    """(compile seconds, mean seconds per call after one warm-up call)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(compiled(*args))
+    return compile_s, (time.perf_counter() - t0) / repeats
+
+
+def bench_depthwise(repeats: int) -> dict:
+    x = jax.random.normal(jax.random.key(0), (8, 18, 34, 34, 64))  # padded 16x32x32
+    k = jax.random.normal(jax.random.key(1), (3, 3, 3, 64))
+    out = {"shape": "B=8, 16x32x32x64, fwd+bwd"}
+    for impl, fn in (("grouped", conv3d.depthwise_grouped), ("shifted", conv3d.depthwise_shifted)):
+        loss = lambda x, k, fn=fn: jnp.sum(jnp.square(fn(x, k)))
+        _, sec = _time(jax.grad(loss, argnums=(0, 1)), x, k, repeats=repeats)
+        out[f"{impl}_s"] = round(sec, 4)
+    chosen = conv3d.default_depthwise_impl()
+    out["chosen"] = chosen
+    out["speedup_chosen_vs_grouped"] = round(out["grouped_s"] / out[f"{chosen}_s"], 2)
+    return out
+
+
+def bench_train(
+    variant: str, batch: int, frames: int, size: int, steps: int, depthwise: str = ""
+) -> dict:
+    config = tok_config.get_config(variant)
+    config.data.update(frames=frames, height=size, width=size)
+    config.model.depthwise_impl = depthwise
+    stage = tok_stage.build(config)
+    model = build_tokenizer(config.model)
+    video = jax.random.uniform(
+        jax.random.key(0), (batch, frames, size, size, 3), minval=-1, maxval=1
+    )
+    params = nn.unbox(
+        jax.jit(lambda r: stage.init(r, {"video": video}))(jax.random.key(0, impl="rbg"))
+    )
+    tx = optax.adamw(config.optimizer.lr)
+    opt_state = tx.init(params)
+
+    def train_step(params, opt_state, video, step):
+        rng = jax.random.fold_in(jax.random.key(1), step)
+        (loss, _), grads = jax.value_and_grad(stage.loss, has_aux=True)(
+            params, None, {"video": video}, rng, step
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    compile_s, sec = _time(train_step, params, opt_state, video, jnp.int32(0), repeats=steps)
+    return {
+        "variant": variant,
+        "params_M": round(param_counts(model)["total"] / 1e6, 2),
+        "clip": f"{frames}x{size}x{size}",
+        "batch": batch,
+        "depthwise": config.model.depthwise_impl or conv3d.default_depthwise_impl(),
+        "compile_s": round(compile_s, 1),
+        "step_s": round(sec, 3),
+        "clips_per_s": round(batch / sec, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="toy,paper", help="comma list of toy, paper")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
+    parser.add_argument("--paper_clip", default="5x32x1", help="frames x size x batch for paper")
+    parser.add_argument("--skip_depthwise", action="store_true")
+    parser.add_argument(
+        "--paper_depthwise", default="", help="'' (per backend), grouped or shifted"
+    )
+    args = parser.parse_args()
+    report = {"backend": jax.default_backend(), "devices": jax.device_count()}
+    if not args.skip_depthwise:
+        report["depthwise"] = bench_depthwise(repeats=2)
+    for size in args.sizes.split(","):
+        if size == "toy":
+            report["train_toy"] = bench_train("toy", 8, 9, 64, args.steps)
+        elif size == "paper":
+            frames, res, batch = (int(v) for v in args.paper_clip.split("x"))
+            report["train_paper"] = bench_train(
+                "paper", batch, frames, res, args.steps, args.paper_depthwise
+            )
+        else:
+            raise ValueError(f"unknown size {size!r}; use toy or paper")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
