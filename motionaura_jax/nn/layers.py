@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from motionaura_jax.nn import lora as lora_lib
 from motionaura_jax.parallel import axes
 
 Dtype = Any
@@ -138,8 +139,11 @@ class AdaLNModulation(nn.Module):
 
     A per-block `Linear(width -> n * width)` (DiT) would add 15 * width^2 parameters per
     block (252M per block at L's width 4096); the shared projection plus a learned
-    (n, width) table per block keeps the conditioning cheap. The projection is
-    zero-initialised so every gate starts at 0 and every scale at 1.
+    (n, width) table per block keeps the conditioning cheap. Initialisation follows
+    PixArt-alpha: projection N(0, 0.02), per-block table N(0, 1/width), so gates start small
+    (blocks start near the identity) but non-zero (every sub-layer reaches the output and
+    gets gradients from the first step; exact zero gates would also hide the text and any
+    stage-3 adapter until the gates moved).
 
     Call args:
       cond: (B, width) conditioning vector.
@@ -155,7 +159,7 @@ class AdaLNModulation(nn.Module):
     @nn.compact
     def __call__(self, cond: jax.Array) -> jax.Array:
         mod = Projection((self.num, self.width), (axes.EMBED, None, axes.MLP),
-                         kernel_init=nn.initializers.zeros, use_bias=True, dtype=self.dtype,
+                         kernel_init=dense_init(0.02), use_bias=True, dtype=self.dtype,
                          param_dtype=self.param_dtype, name="proj")(nn.silu(cond))
         return mod.astype(jnp.float32)
 
@@ -182,6 +186,9 @@ def modulate(x_bld: jax.Array, shift_bd: jax.Array, scale_bd: jax.Array) -> jax.
 class FeedForward(nn.Module):
     """Two-layer GELU MLP, width -> mlp_ratio * width -> width.
 
+    With `lora_rank > 0`, D10's feed-forward LoRA (`out_lora`) is applied sequentially to
+    the output: `y + delta(y)`, zero at initialisation.
+
     Call args:
       x: (B, L, width).
     Returns:
@@ -192,6 +199,9 @@ class FeedForward(nn.Module):
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    lora_rank: int = 0
+    lora_kind: str = "adapter"
+    lora_alpha: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -203,7 +213,13 @@ class FeedForward(nn.Module):
         h = nn.with_logical_constraint(h, (axes.BATCH, axes.LENGTH, axes.MLP))
         # tanh-GELU: XLA fuses it into the matmul epilogue; erf-GELU is slower on CPU.
         h = nn.gelu(h, approximate=True)
-        return nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
-                        bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
-                        name="wo")(h)
+        y = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                     kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
+                     bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+                     name="wo")(h)
+        if self.lora_rank:
+            y = y + lora_lib.make_adapter(self.lora_kind, (self.width,), self.lora_rank,
+                                          (axes.EMBED,), alpha=self.lora_alpha,
+                                          dtype=self.dtype, param_dtype=self.param_dtype,
+                                          name="out_lora")(y)
+        return y

@@ -1,0 +1,165 @@
+"""Absorbing-state ([MASK]) discrete diffusion (Sec. 3.2, Table 10; D8).
+
+Time runs from t = 0 (clean tokens) to t = 1 (every token is [MASK]). A mask schedule
+gamma(t) in [0, 1] gives the probability that a token is masked at time t; the forward
+process masks each token independently with probability gamma(t); the denoiser predicts
+the original codes and is trained with the cross-entropy on the masked positions (the
+NLL L_diff of Sec. 3.2). The text condition is dropped with probability `p_uncond` for
+classifier-free guidance.
+
+Schedules are written in diffusion time. MaskGIT's cosine schedule `cos(pi/2 * r)` of the
+unmasking progress r = 1 - t is `sin(pi/2 * t)` here; with t ~ U(0, 1] it yields the same
+mask-ratio distribution MaskGIT trains with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+SCHEDULES = ("cosine", "linear", "square", "cubic", "sqrt")
+
+
+def mask_schedule(t: jax.Array, kind: str = "cosine") -> jax.Array:
+    """gamma(t): probability that a token is [MASK] at diffusion time t in [0, 1].
+
+    Monotone with gamma(0) = 0 and gamma(1) = 1 for every kind.
+    """
+    t = jnp.clip(jnp.asarray(t, jnp.float32), 0.0, 1.0)
+    if kind == "cosine":
+        return jnp.sin(0.5 * jnp.pi * t)
+    if kind == "linear":
+        return t
+    if kind == "square":
+        return t**2
+    if kind == "cubic":
+        return t**3
+    if kind == "sqrt":
+        return jnp.sqrt(t)
+    raise ValueError(f"mask schedule must be one of {SCHEDULES}, got {kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """Training-time diffusion settings (field names match `config.diffusion`).
+
+    Attributes:
+      vocab_size: K; the [MASK] id is K.
+      schedule: one of `SCHEDULES`.
+      num_steps: 0 for continuous t ~ U(0, 1]; T > 0 for the discrete schedule
+        t = k / T, k ~ U{1..T} (T = 30, Table 10).
+      p_uncond: probability of dropping the text condition (CFG; 0.1).
+      label_smoothing: optional smoothing of the masked-token targets.
+    """
+
+    vocab_size: int = 12_800
+    schedule: str = "cosine"
+    num_steps: int = 0
+    p_uncond: float = 0.1
+    label_smoothing: float = 0.0
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+
+def sample_time(rng: jax.Array, batch: int, num_steps: int = 0) -> jax.Array:
+    """(B,) diffusion times: U(0, 1] or, with `num_steps` T > 0, uniform on {1/T, ..., 1}."""
+    if num_steps > 0:
+        k = jax.random.randint(rng, (batch,), 1, num_steps + 1)
+        return k.astype(jnp.float32) / num_steps
+    # 1 - U[0, 1) lies in (0, 1]: t = 0 would mask nothing and give no loss.
+    return 1.0 - jax.random.uniform(rng, (batch,))
+
+
+def corrupt(rng: jax.Array, tokens: jax.Array, t: jax.Array, mask_id: int,
+            schedule: str = "cosine", known: jax.Array | None = None
+            ) -> tuple[jax.Array, jax.Array]:
+    """Forward process q(z_t | z_0): mask each token with probability gamma(t).
+
+    At least one token per example is masked (the one with the smallest uniform draw) so
+    that every example contributes to the loss.
+
+    Args:
+      tokens: (B, ...) int32 clean codes z_0.
+      t: (B,) diffusion times.
+      known: optional (B, ...) bool; True positions are never masked (inpainting context).
+    Returns:
+      (z_t, masked): (B, ...) int32 corrupted tokens and (B, ...) bool mask.
+    """
+    b = tokens.shape[0]
+    u = jax.random.uniform(rng, tokens.shape)
+    if known is not None:
+        u = jnp.where(known, 2.0, u)  # never below gamma(t) <= 1, never the minimum
+    gamma = mask_schedule(t, schedule).reshape((b,) + (1,) * (tokens.ndim - 1))
+    flat = u.reshape(b, -1)
+    is_min = (flat == flat.min(axis=1, keepdims=True)).reshape(u.shape)
+    masked = (u < gamma) | is_min
+    if known is not None:
+        masked = masked & ~known
+    return jnp.where(masked, mask_id, tokens).astype(jnp.int32), masked
+
+
+def masked_cross_entropy(logits: jax.Array, targets: jax.Array, masked: jax.Array,
+                         label_smoothing: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean cross-entropy over masked positions of the whole batch, plus metrics.
+
+    Args:
+      logits: (B, L, K) float.
+      targets: (B, L) int32 clean codes.
+      masked: (B, L) bool.
+    Returns:
+      (loss, {'loss', 'masked_accuracy', 'mask_ratio'}).
+    """
+    logits = logits.astype(jnp.float32)
+    # One max pass serves the stable logsumexp and the accuracy (logits are the largest
+    # tensor of the step: B * L * 12,800 floats, so each extra pass over them costs).
+    top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    lse = top[..., 0] + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    if label_smoothing > 0:
+        # optax.smooth_labels: (1 - a) one_hot + a / K, so the target term mixes the label
+        # logit with the mean logit.
+        mean_logit = jnp.mean(logits, axis=-1)
+        ce = lse - (1 - label_smoothing) * target_logit - label_smoothing * mean_logit
+    else:
+        ce = lse - target_logit
+    w = masked.astype(jnp.float32)
+    n = jnp.maximum(w.sum(), 1.0)
+    loss = (ce * w).sum() / n
+    acc = ((target_logit >= top[..., 0]) * w).sum() / n
+    return loss, {"loss": loss, "masked_accuracy": acc, "mask_ratio": w.mean()}
+
+
+def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any, batch: dict[str, jax.Array],
+                   rng: jax.Array, config: DiffusionConfig) -> tuple[jax.Array, dict]:
+    """The stage-2 training objective for one batch (D8).
+
+    Args:
+      apply_fn: `SpectralTransformer.apply`-like `(variables, tokens, t, text, text_mask=,
+        fps=, drop_text=) -> (B, L, K) logits`.
+      params: the denoiser's params (passed as `{'params': params}`).
+      batch: 'tokens' (B, n, h, w) or (B, L) int32; 'text' (B, S, Dt); optional
+        'text_mask' (B, S) bool, 'fps' (B,) float, 'known' (B, ...) bool.
+      rng: key for time, masking and text dropout.
+    Returns:
+      (scalar loss, metrics).
+    """
+    if not jnp.issubdtype(batch["tokens"].dtype, jnp.integer):
+        raise ValueError(f"batch['tokens'] must be integer codes, got {batch['tokens'].dtype}")
+    tokens = batch["tokens"].astype(jnp.int32)
+    b = tokens.shape[0]
+    r_t, r_mask, r_drop = jax.random.split(rng, 3)
+    t = sample_time(r_t, b, config.num_steps)
+    z_t, masked = corrupt(r_mask, tokens, t, config.mask_id, config.schedule,
+                          batch.get("known"))
+    drop = jax.random.bernoulli(r_drop, config.p_uncond, (b,))
+    logits = apply_fn({"params": params}, z_t, t, batch["text"],
+                      text_mask=batch.get("text_mask"), fps=batch.get("fps"), drop_text=drop)
+    loss, metrics = masked_cross_entropy(logits, tokens.reshape(b, -1), masked.reshape(b, -1),
+                                         config.label_smoothing)
+    return loss, {**metrics, "mean_t": t.mean()}

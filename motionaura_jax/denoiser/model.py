@@ -1,0 +1,328 @@
+"""The spectral transformer denoiser (Sec. 3.3, Fig. 4, Eqs. 2-5; D6, D7).
+
+Tokens `(B, n, h, w)` (or already flat `(B, L)`) with ids in `[0, K]` (`K` = [MASK]) are
+embedded, run through `depth` spectral blocks conditioned on the diffusion time, the FPS
+and the text, and mapped to logits over the K codes.
+
+Residual wiring (`residual`):
+
+* `'paper'` (Eqs. 3, 5): `h = AdLN_in(x)`; `x = gate * AdLN_out(f(h)) + h` for each of
+  self-attention, cross-attention and the MLP. Eq. 4 writes the cross-attention query
+  from `z_out`; we feed `AdLN(z_out)`, the tensor Eq. 5 adds back, as Eq. 2 does.
+* `'prenorm'` (DiT adaLN-Zero): `x = x + gate * f(AdLN_in(x))`.
+
+AdLN shifts/scales/gates come from adaLN-single (see `AdaLNModulation`); gates start small.
+RoPE (Sec. 3.3) rotates the self-attention Q and K only: cross-attention keys are frequency
+bins of the text, which have no token positions to rotate by.
+The model knows no mesh: it names logical axes only (DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from motionaura_jax.nn.attention import SPECTRAL_MODES, SpectralAttention, rope_angles, spectral_mix
+from motionaura_jax.nn.layers import (
+    AdaLNModulation,
+    ConditionEmbedding,
+    FeedForward,
+    LayerNorm,
+    dense_init,
+    modulate,
+    partitioned,
+    sinusoidal_embedding,
+)
+from motionaura_jax.parallel import axes
+
+Dtype = Any
+POS_EMBS = ("rope", "sinusoidal", "rope3d")
+RESIDUALS = ("paper", "prenorm")
+REMAT_POLICIES = ("none", "full", "dots")
+# Modulation vectors per block: (shift, scale) in + (shift, scale, gate) out for 'paper',
+# (shift, scale, gate) for 'prenorm'; three sub-layers (self-attn, cross-attn, MLP).
+NUM_MODS = {"paper": 15, "prenorm": 9}
+
+# Table 2 shapes (D7); text width 4096 = T5-XXL (Table 10); 12,800 codes (D3).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "toy": dict(width=256, num_heads=4, depth=6, text_dim=256),
+    "S": dict(width=1024, num_heads=16, depth=17, text_dim=4096),
+    "M": dict(width=2048, num_heads=16, depth=28, text_dim=4096),
+    "L": dict(width=4096, num_heads=32, depth=37, text_dim=4096),
+}
+
+
+class SpectralBlock(nn.Module):
+    """One spectral transformer block: spectral self-attn, spectral cross-attn, MLP.
+
+    Call args:
+      x: (B, L, D) residual stream.
+      mods: (B, NUM_MODS[residual], D) shared adaLN-single modulation (float32).
+      context: (B, S, D) `Re fft2D` of the projected text (spectral mode applied).
+      context_mask: (B, S) bool or None.
+      rope: (L, Dh // 2) angles or None.
+    Returns:
+      ((B, L, D), None), the scan carry convention.
+    """
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    spectral: str = "real"
+    residual: str = "paper"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    lora_rank: int = 0
+    lora_kind: str = "adapter"
+    lora_alpha: float = 1.0
+
+    @nn.compact
+    def __call__(self, x, mods, context, context_mask, rope):
+        width = x.shape[-1]
+        n = NUM_MODS[self.residual]
+        table = self.param("mod_table",
+                           partitioned(nn.initializers.normal(width**-0.5), (None, axes.NORM)),
+                           (n, width), self.param_dtype)
+        mods = mods + table.astype(jnp.float32)[None]
+        mods = [mods[:, i] for i in range(n)]
+        lora = dict(lora_rank=self.lora_rank, lora_kind=self.lora_kind,
+                    lora_alpha=self.lora_alpha)
+        attn = dict(num_heads=self.num_heads, spectral=self.spectral, dtype=self.dtype,
+                    param_dtype=self.param_dtype, **lora)
+        sublayers = [
+            lambda h: SpectralAttention(**attn, name="self_attn")(h, rope=rope),
+            lambda h: SpectralAttention(**attn, name="cross_attn")(h, context, context_mask),
+            lambda h: FeedForward(width, self.mlp_ratio, self.dtype, self.param_dtype,
+                                  **lora, name="mlp")(h),
+        ]
+        norm = LayerNorm()
+        for i, f in enumerate(sublayers):
+            if self.residual == "paper":
+                sh_in, sc_in, sh_out, sc_out, gate = mods[5 * i : 5 * i + 5]
+                h = modulate(norm(x), sh_in, sc_in)  # B_t = AdLN(z_t, t, FPS)
+                out = modulate(norm(f(h)), sh_out, sc_out)  # AdLN(Re ifft2D Z_attn)
+                x = (gate[:, None, :] * out + h).astype(self.dtype)  # Eqs. 3, 5
+            else:
+                sh, sc, gate = mods[3 * i : 3 * i + 3]
+                x = (x + gate[:, None, :] * f(modulate(norm(x), sh, sc))).astype(self.dtype)
+            x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
+        return x, None
+
+
+def _remat_policy(name: str):
+    if name == "full":
+        return None
+    if name == "dots":
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {name!r}")
+
+
+def token_positions(grid: tuple[int, ...]) -> jax.Array:
+    """(L, len(grid)) integer coordinates of a row-major flattened token grid."""
+    mesh = jnp.meshgrid(*[jnp.arange(g) for g in grid], indexing="ij")
+    return jnp.stack([m.reshape(-1) for m in mesh], axis=-1)
+
+
+class SpectralTransformer(nn.Module):
+    """Text-conditioned masked-token denoiser (Fig. 4). Fields map 1:1 onto `config.model`.
+
+    Attributes:
+      vocab_size: K codes; id K is [MASK].
+      width, num_heads, depth, mlp_ratio: Table 2 shapes (see `VARIANTS`).
+      text_dim: width of the text encoder's embeddings.
+      spectral: 'real' | 'none' | 'hartley' (D6).
+      pos_emb: 'rope' | 'sinusoidal' | 'rope3d' (rope3d: factorised frame/row/column RoPE).
+      residual: 'paper' | 'prenorm'.
+      scan_layers: stack blocks with `nn.scan` (params get a leading 'layers' axis).
+      remat: 'none' | 'full' | 'dots'.
+      time_emb_dim: sinusoidal timestep embedding size (512, Table 10).
+      default_fps: FPS used when the caller passes none.
+      dtype / param_dtype: compute dtype (bfloat16 at scale) / parameter dtype.
+      logits_dtype: dtype of the returned logits.
+      lora_rank, lora_kind, lora_alpha: D10 adapters (stage 3); rank 0 = none, and then
+        the parameter tree is exactly stage 2's.
+
+    Call args:
+      tokens: (B, n, h, w) or (B, L) int32 in [0, K].
+      t: (B,) diffusion time in [0, 1].
+      text: (B, S, text_dim) text embeddings.
+      text_mask: (B, S) bool, True on real (non-padding) text tokens; None = all valid.
+      fps: (B,) float or None.
+      drop_text: (B,) bool; True replaces the text by the learned null embedding (CFG).
+      extra_embeds: (B, S', width) embeddings appended to the token sequence (stage 3:
+        masked-video tokens and sketch features, D10); they take part in every block but
+        get no logits. RoPE positions continue the sequence (rope3d: as further frames of
+        the same h x w grid).
+    Returns:
+      (B, L, K) logits, L = n * h * w.
+    """
+
+    vocab_size: int = 12_800
+    width: int = 256
+    num_heads: int = 4
+    depth: int = 6
+    mlp_ratio: float = 4.0
+    text_dim: int = 256
+    spectral: str = "real"
+    pos_emb: str = "rope"
+    residual: str = "paper"
+    scan_layers: bool = True
+    remat: str = "none"
+    time_emb_dim: int = 512
+    rope_base: float = 10_000.0
+    default_fps: float = 8.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    logits_dtype: Dtype = jnp.float32
+    lora_rank: int = 0
+    lora_kind: str = "adapter"
+    lora_alpha: float = 1.0
+
+    def _check(self, tokens: jax.Array) -> None:
+        for name, value, allowed in [("spectral", self.spectral, SPECTRAL_MODES),
+                                     ("pos_emb", self.pos_emb, POS_EMBS),
+                                     ("residual", self.residual, RESIDUALS),
+                                     ("remat", self.remat, REMAT_POLICIES)]:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.pos_emb == "rope3d" and tokens.ndim != 4:
+            raise ValueError(f"pos_emb='rope3d' needs (B, n, h, w) tokens, got {tokens.shape}")
+        if tokens.ndim not in (2, 4):
+            raise ValueError(f"tokens must be (B, L) or (B, n, h, w), got {tokens.shape}")
+
+    def _text_context(self, text, text_mask, drop_text):
+        """Projected text, padding zeroed, then `Re fft2D` once for all blocks (Eq. 4)."""
+        b, s, _ = text.shape
+        valid = jnp.ones((b, s), bool) if text_mask is None else text_mask.astype(bool)
+        # CFG null condition: one learned null token in slot 0, the rest padding. Declared
+        # unconditionally so that params do not depend on whether drop_text was passed.
+        null = self.param("null_text", partitioned(nn.initializers.normal(0.02), (None,)),
+                          (self.text_dim,), self.param_dtype)
+        if drop_text is not None:
+            null_text = jnp.zeros_like(text).at[:, 0].set(null.astype(text.dtype))
+            null_valid = jnp.arange(s)[None, :] == 0
+            drop = drop_text.astype(bool)[:, None]
+            text = jnp.where(drop[..., None], null_text, text)
+            valid = jnp.where(drop, null_valid, valid)
+        ctx = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                       kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
+                       bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+                       name="text_proj")(text.astype(self.dtype))
+        # Padding rows are zeroed so that they cannot leak into the frequency bins.
+        ctx = jnp.where(valid[..., None], ctx, 0).astype(self.dtype)
+        ctx = nn.with_logical_constraint(ctx, (axes.BATCH, axes.LENGTH, axes.EMBED))
+        ctx = spectral_mix(ctx, self.spectral)
+        # After the FFT every frequency bin mixes all valid tokens, so the padding mask only
+        # applies to keys in the spatial ('none') mode.
+        mask = valid if self.spectral == "none" else None
+        return ctx, mask
+
+    def _blocks(self):
+        block = SpectralBlock
+        if self.remat != "none":
+            block = nn.remat(block, policy=_remat_policy(self.remat),
+                             prevent_cse=not self.scan_layers)
+        kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, spectral=self.spectral,
+                  residual=self.residual, dtype=self.dtype, param_dtype=self.param_dtype,
+                  lora_rank=self.lora_rank, lora_kind=self.lora_kind,
+                  lora_alpha=self.lora_alpha)
+        if self.scan_layers:
+            scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                              in_axes=(nn.broadcast,) * 4, length=self.depth,
+                              metadata_params={nn.PARTITION_NAME: axes.LAYERS})
+            return [scanned(**kw, name="blocks")]
+        return [block(**kw, name=f"block_{i}") for i in range(self.depth)]
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, t: jax.Array, text: jax.Array,
+                 text_mask: jax.Array | None = None, fps: jax.Array | None = None,
+                 drop_text: jax.Array | None = None,
+                 extra_embeds: jax.Array | None = None) -> jax.Array:
+        self._check(tokens)
+        b = tokens.shape[0]
+        grid = tokens.shape[1:]
+        tokens = tokens.reshape(b, -1)
+        length = tokens.shape[1]
+        if fps is None:
+            fps = jnp.full((b,), self.default_fps, jnp.float32)
+
+        # K codes + [MASK], padded to a multiple of 128 rows so that the vocab axis
+        # divides evenly over any tensor-parallel mesh axis (unused rows are never read).
+        rows = -(-(self.vocab_size + 1) // 128) * 128
+        embed = self.param("token_embed", partitioned(nn.initializers.normal(0.02),
+                                                      (axes.VOCAB, axes.EMBED)),
+                           (rows, self.width), self.param_dtype)
+        x = jnp.take(embed, tokens, axis=0).astype(self.dtype)
+        if extra_embeds is not None:
+            x = jnp.concatenate([x, extra_embeds.astype(self.dtype)], axis=1)
+        total = x.shape[1]
+        rope = None
+        if self.pos_emb == "sinusoidal":
+            x = x + sinusoidal_embedding(jnp.arange(total), self.width).astype(self.dtype)
+        elif self.pos_emb == "rope3d":
+            # Extra tokens continue the grid as further frames of the same h x w plane.
+            n, h, w = grid
+            frames = -(-total // (h * w))
+            pos = token_positions((frames, h, w))[:total]
+            rope = rope_angles(pos, self.width // self.num_heads, self.rope_base)
+        else:
+            rope = rope_angles(jnp.arange(total)[:, None], self.width // self.num_heads,
+                               self.rope_base)
+        x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
+
+        cond = ConditionEmbedding(self.width, self.time_emb_dim, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, name="cond")(t, fps)
+        mods = AdaLNModulation(self.width, NUM_MODS[self.residual], self.dtype,
+                               self.param_dtype, name="block_mod")(cond)
+        context, context_mask = self._text_context(text, text_mask, drop_text)
+
+        for blocks in self._blocks():
+            x, _ = blocks(x, mods, context, context_mask, rope)
+
+        shift, scale = jnp.unstack(AdaLNModulation(self.width, 2, self.dtype, self.param_dtype,
+                                                   name="final_mod")(cond), axis=1)
+        x = modulate(LayerNorm()(x), shift, scale)
+        logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                          kernel_init=partitioned(dense_init(0.02), (axes.EMBED, axes.VOCAB)),
+                          bias_init=partitioned(nn.initializers.zeros, (axes.VOCAB,)),
+                          name="head")(x)
+        logits = logits[:, :length]  # extra tokens get no logits
+        logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
+        return logits.astype(self.logits_dtype)
+
+
+def variant(name: str, **overrides: Any) -> dict[str, Any]:
+    """Constructor kwargs of a Table 2 variant ('toy', 'S', 'M', 'L') with overrides."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown denoiser variant {name!r}; choose from {list(VARIANTS)}")
+    return {**VARIANTS[name], **overrides}
+
+
+def abstract_params(model: SpectralTransformer, tokens_shape: tuple[int, ...] = (1, 16),
+                    text_len: int = 8) -> Any:
+    """Parameter ShapeDtypeStructs (boxed with logical names) via `jax.eval_shape`."""
+    tokens = jax.ShapeDtypeStruct(tokens_shape, jnp.int32)
+    b = tokens_shape[0]
+    t = jax.ShapeDtypeStruct((b,), jnp.float32)
+    text = jax.ShapeDtypeStruct((b, text_len, model.text_dim), jnp.float32)
+    drop = jax.ShapeDtypeStruct((b,), jnp.bool_)
+
+    def init(tok, tt, tx, dr):
+        return model.init(jax.random.key(0), tok, tt, tx, drop_text=dr)["params"]
+
+    return jax.eval_shape(init, tokens, t, text, drop)
+
+
+def count_params(model: SpectralTransformer) -> int:
+    """Exact number of parameters, without allocating them (`jax.eval_shape`)."""
+    shapes = nn.unbox(abstract_params(model))
+    return sum(int(x.size) for x in jax.tree.leaves(shapes))
+
+
+def config_dict(model: SpectralTransformer) -> dict[str, Any]:
+    """The constructor fields of `model` (for config JSON next to exported params)."""
+    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.name not in ("parent", "name")}

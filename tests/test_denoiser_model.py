@@ -1,0 +1,254 @@
+"""The spectral transformer against a NumPy reference of Eqs. 2-5, switches, scan, dtypes."""
+
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from motionaura_jax.denoiser.model import (
+    SpectralTransformer,
+    abstract_params,
+    count_params,
+    variant,
+)
+from motionaura_jax.parallel import axes
+
+VOCAB, WIDTH, HEADS, TEXT_DIM = 40, 16, 2, 12
+B, GRID, S = 2, (2, 2, 3), 4
+
+
+def _model(**kw):
+    base = dict(vocab_size=VOCAB, width=WIDTH, num_heads=HEADS, depth=2, text_dim=TEXT_DIM,
+                mlp_ratio=2.0, scan_layers=False)
+    return SpectralTransformer(**{**base, **kw})
+
+
+def _inputs(seed=0, grid=GRID):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, VOCAB + 1, size=(B,) + grid).astype(np.int32)
+    t = rng.uniform(size=(B,)).astype(np.float32)
+    text = rng.normal(size=(B, S, TEXT_DIM)).astype(np.float32)
+    text_mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+    fps = np.array([8.0, 24.0], np.float32)
+    return tokens, t, text, text_mask, fps
+
+
+def _random_params(model, seed=1, scale=0.3):
+    tokens, t, text, mask, fps = _inputs()
+    shapes = nn.unbox(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), tokens, t, text, mask, fps,
+                           drop_text=np.zeros(B, bool))["params"]))
+    leaves, tree = jax.tree.flatten(shapes)
+    rng = np.random.default_rng(seed)
+    # Random values everywhere (zero-initialised gates would hide whole sub-layers).
+    return jax.tree.unflatten(tree, [jnp.asarray(scale * rng.normal(size=x.shape), jnp.float32)
+                                     for x in leaves])
+
+
+# ---- NumPy reference (independent of the Flax code) -----------------------------------
+
+def _sinusoid(x, dim):
+    half = dim // 2
+    freqs = np.exp(-np.log(10000.0) * np.arange(half) / half)
+    ang = np.asarray(x, np.float64)[:, None] * freqs
+    return np.concatenate([np.cos(ang), np.sin(ang)], -1)
+
+
+def _ln(x):
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+
+
+def _silu(x):
+    return x / (1 + np.exp(-x))
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def _mix(x, mode):
+    if mode == "none":
+        return x
+    f = np.fft.fft2(x, axes=(-2, -1), norm="ortho")  # fft2D over (sequence, embedding)
+    return f.real if mode == "real" else f.real - f.imag
+
+
+def _rope(x, length):
+    half = x.shape[-1] // 2
+    ang = np.arange(length)[:, None] * 10000.0 ** (-np.arange(half) / half)
+    cos, sin = np.cos(ang)[None, :, None], np.sin(ang)[None, :, None]
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+
+def _mha(q, k, v, mask):
+    s = np.einsum("blhd,bmhd->bhlm", q, k) / np.sqrt(q.shape[-1])
+    if mask is not None:
+        s = np.where(mask[:, None, None, :], s, -1e30)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    return np.einsum("bhlm,bmhd->blhd", s, v)
+
+
+def _reference(p, tokens, t, text, text_mask, fps, spectral, residual):
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    b = tokens.shape[0]
+    tokens = tokens.reshape(b, -1)
+    length = tokens.shape[1]
+    x = p["token_embed"][tokens]
+
+    def mlp2(h, q, name):
+        h = _silu(h @ q[f"{name}_in"]["kernel"] + q[f"{name}_in"]["bias"])
+        return h @ q[f"{name}_out"]["kernel"] + q[f"{name}_out"]["bias"]
+
+    cond = mlp2(_sinusoid(t * 1000.0, 512), p["cond"], "time")
+    cond = cond + mlp2(_sinusoid(fps, 512), p["cond"], "fps")
+    proj = p["block_mod"]["proj"]
+    mods_all = np.einsum("bd,dnk->bnk", _silu(cond), proj["kernel"]) + proj["bias"]
+
+    ctx = text @ p["text_proj"]["kernel"] + p["text_proj"]["bias"]
+    ctx = np.where(text_mask[..., None], ctx, 0.0)
+    ctx = _mix(ctx, spectral)  # Eq. 4: Re fft2D of the projected text
+    ctx_mask = text_mask if spectral == "none" else None
+
+    def self_attn(h, q):
+        hf = _mix(h, spectral)  # Eq. 2
+        qkv = np.einsum("bld,dchk->blchk", hf, q["qkv"]["kernel"])
+        qq, kk = _rope(qkv[:, :, 0], length), _rope(qkv[:, :, 1], length)
+        o = np.einsum("blhk,hkd->bld", _mha(qq, kk, qkv[:, :, 2], None), q["out"]["kernel"])
+        return _mix(o, spectral)  # Eq. 3: Re ifft2D
+
+    def cross_attn(h, q):
+        qq = np.einsum("bld,dhk->blhk", _mix(h, spectral), q["q"]["kernel"])
+        kv = np.einsum("bsd,dchk->bschk", ctx, q["kv"]["kernel"])
+        o = _mha(qq, kv[:, :, 0], kv[:, :, 1], ctx_mask)
+        return _mix(np.einsum("blhk,hkd->bld", o, q["out"]["kernel"]), spectral)  # Eq. 5
+
+    def ff(h, q):
+        h = _gelu(h @ q["wi"]["kernel"] + q["wi"]["bias"])
+        return h @ q["wo"]["kernel"] + q["wo"]["bias"]
+
+    for i in range(2):
+        q = p[f"block_{i}"]
+        m = mods_all + q["mod_table"][None]
+        subs = [(self_attn, q["self_attn"]), (cross_attn, q["cross_attn"]), (ff, q["mlp"])]
+        for j, (sub, sub_params) in enumerate(subs):
+
+            def f(h, sub=sub, sub_params=sub_params):
+                return sub(h, sub_params)
+
+            if residual == "paper":
+                sh_in, sc_in, sh_out, sc_out, gate = (m[:, 5 * j + k, None] for k in range(5))
+                h = _ln(x) * (1 + sc_in) + sh_in  # B_t = AdLN(z_t, t, FPS)
+                x = gate * (_ln(f(h)) * (1 + sc_out) + sh_out) + h  # Eq. 3 / Eq. 5
+            else:
+                sh, sc, gate = (m[:, 3 * j + k, None] for k in range(3))
+                x = x + gate * f(_ln(x) * (1 + sc) + sh)
+    fm = np.einsum("bd,dnk->bnk", _silu(cond), p["final_mod"]["proj"]["kernel"])
+    fm = fm + p["final_mod"]["proj"]["bias"]
+    x = _ln(x) * (1 + fm[:, 1, None]) + fm[:, 0, None]
+    return x @ p["head"]["kernel"] + p["head"]["bias"]
+
+
+@pytest.mark.parametrize("spectral,residual", [("real", "paper"), ("hartley", "prenorm"),
+                                               ("none", "paper")])
+def test_forward_matches_numpy_reference_of_eqs_2_to_5(spectral, residual):
+    model = _model(spectral=spectral, residual=residual)
+    params = _random_params(model)
+    tokens, t, text, mask, fps = _inputs()
+    got = jax.jit(model.apply)({"params": params}, tokens, t, text, mask, fps)
+    want = _reference(params, tokens, t, text, mask, fps, spectral, residual)
+    assert got.shape == (B, int(np.prod(GRID)), VOCAB)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
+
+
+# Every spectral x pos_emb pair; residual and scan are chosen so that every pair of values
+# of any two of the four switches appears at least once (a pairwise covering design).
+SWITCHES = [("real", "rope", "paper", False), ("real", "sinusoidal", "paper", False),
+            ("real", "rope3d", "prenorm", True), ("none", "rope", "paper", False),
+            ("none", "sinusoidal", "paper", True), ("none", "rope3d", "prenorm", False),
+            ("hartley", "rope", "prenorm", True), ("hartley", "sinusoidal", "prenorm", False),
+            ("hartley", "rope3d", "paper", False)]
+
+
+def test_every_switch_combination_runs():
+    tokens, t, text, mask, fps = _inputs()
+    for spectral, pos_emb, residual, scan in SWITCHES:
+        model = _model(depth=1, residual=residual, scan_layers=scan, spectral=spectral,
+                       pos_emb=pos_emb)
+        out = jax.jit(model.apply)({"params": _random_params(model)}, tokens, t, text, mask,
+                                   fps)
+        assert out.shape == (B, 12, VOCAB), (spectral, pos_emb, residual, scan)
+        assert np.isfinite(out).all(), (spectral, pos_emb, residual, scan)
+
+
+def test_scan_and_remat_equal_unrolled():
+    tokens, t, text, mask, fps = _inputs()
+    scanned = _model(scan_layers=True, pos_emb="rope3d")
+    params = _random_params(scanned)
+    want = jax.jit(scanned.apply)({"params": params}, tokens, t, text, mask, fps)
+    unrolled = {k: v for k, v in params.items() if k != "blocks"}
+    for i in range(2):
+        unrolled[f"block_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["blocks"])
+    got = jax.jit(scanned.clone(scan_layers=False).apply)({"params": unrolled}, tokens, t,
+                                                          text, mask, fps)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+    def loss(p, model):
+        return jnp.mean(model.apply({"params": p}, tokens, t, text, mask, fps) ** 2)
+
+    # One compile for the three gradients (compiles dominate this test's time).
+    grads = jax.jit(lambda p: [jax.grad(loss)(p, scanned.clone(remat=r))
+                               for r in ("none", "full", "dots")])(params)
+    for g in grads[1:]:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(
+            a, b, rtol=1e-3, atol=1e-4 * np.abs(b).max() + 1e-7), g, grads[0])
+
+
+def test_params_have_logical_names_and_counts_are_exact():
+    model = _model(scan_layers=True)
+    boxed = abstract_params(model)
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    for leaf in leaves:
+        assert isinstance(leaf, nn.LogicallyPartitioned), leaf
+        assert len(leaf.names) == leaf.value.ndim
+        assert set(leaf.names) <= set(axes.ALL) | {None}, leaf.names
+    assert boxed["blocks"]["self_attn"]["qkv"]["kernel"].names[0] == axes.LAYERS
+    real = _random_params(model)
+    assert count_params(model) == sum(x.size for x in jax.tree.leaves(real))
+
+
+def test_bf16_compute_keeps_f32_params_and_is_close_to_f32():
+    tokens, t, text, mask, fps = _inputs()
+    model = _model(scan_layers=True)
+    params = _random_params(model, scale=0.1)
+    f32 = jax.jit(model.apply)({"params": params}, tokens, t, text, mask, fps)
+    bf16 = jax.jit(model.clone(dtype=jnp.bfloat16).apply)({"params": params}, tokens, t, text,
+                                                           mask, fps)
+    assert bf16.dtype == jnp.float32
+    assert np.abs(np.asarray(bf16) - np.asarray(f32)).max() < 0.1 * np.abs(f32).max()
+
+
+def test_dropped_text_ignores_the_text():
+    tokens, t, text, mask, fps = _inputs()
+    model = _model()
+    params = _random_params(model)
+    drop = np.array([True, False])
+    apply = jax.jit(model.apply)
+    a = apply({"params": params}, tokens, t, text, mask, fps, drop_text=drop)
+    b = apply({"params": params}, tokens, t, text + 1.0, mask, fps, drop_text=drop)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+    assert not np.allclose(a[1], b[1], atol=1e-3)
+
+
+def test_bad_switches_and_shapes_are_rejected():
+    tokens, t, text, mask, fps = _inputs()
+    with pytest.raises(ValueError, match="spectral must be one of"):
+        _model(spectral="imag").init(jax.random.key(0), tokens, t, text)
+    with pytest.raises(ValueError, match="rope3d"):
+        _model(pos_emb="rope3d").init(jax.random.key(0), tokens.reshape(B, -1), t, text)
+    with pytest.raises(ValueError, match="unknown denoiser variant"):
+        variant("XL")
+    assert variant("L")["width"] == 4096 and variant("S", depth=3)["depth"] == 3
