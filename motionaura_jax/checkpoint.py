@@ -174,7 +174,7 @@ def read_config(directory: str, step: int | None = None) -> tuple[ml_collections
     step = reader.latest_step() if step is None else step
     if step is None:
         raise ValueError(f"no finished checkpoint in {directory!r}; train the stage first")
-    config = ml_collections.ConfigDict(reader.saved_config(step))
+    config = config_lib.from_dict(reader.saved_config(step))
     reader.close()
     return config, step
 

@@ -146,5 +146,20 @@ def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=repr)
 
 
+def _tuples(value: Any) -> Any:
+    # JSON has no tuples; configs (and the Flax module fields they feed, which must be
+    # hashable) use tuples for every sequence.
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def from_dict(values: dict) -> ml_collections.ConfigDict:
+    """A config from plain JSON-like data (lists become tuples)."""
+    return ml_collections.ConfigDict(_tuples(values))
+
+
 def from_json(text: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(text))
+    return from_dict(json.loads(text))
