@@ -1,7 +1,7 @@
 """Tokenizer benchmarks: train-step throughput and the depthwise-conv implementations.
 
-  python tools/bench_tokenizer.py                       # toy + paper (reduced) + depthwise
-  python tools/bench_tokenizer.py --sizes=toy --steps=3
+  python tools/bench_tokenizer.py                       # toy_old + toy + paper (reduced)
+  python tools/bench_tokenizer.py --sizes=toy_old,toy --steps=3 --skip_depthwise
 
 Prints one JSON object:
   depthwise: fwd+bwd seconds of one depthwise 3x3x3 conv (B=8, 16x32x32x64, DESIGN
@@ -9,7 +9,10 @@ Prints one JSON object:
     naive grouped convolution;
   train_<size>: clips/s of one AdamW step of the tokenizer stage loss (masking, MFI,
     quantizer) at that config's model, with the clip shape and batch used (paper widths on
-    CPU at a reduced clip and batch; compile time reported separately).
+    CPU at a reduced clip and batch; compile time reported separately). `toy_old` is the
+    first committed toy (129a689: stride-2 stem, four stages 16..64 wide, MB expansion 4,
+    9-frame training clips, XLA's Conv3D); `toy_speedup` is its step time over the toy's
+    and `toy_clip_speedup` the same per clip.
 """
 
 from __future__ import annotations
@@ -59,12 +62,36 @@ def bench_depthwise(repeats: int) -> dict:
     return out
 
 
+# The toy as first committed (129a689), for the before/after ratio.
+OLD_TOY_MODEL = dict(
+    stem_width=16,
+    widths=(16, 32, 48, 64),
+    depths=(1, 2, 1, 1),
+    decoder_widths=(16, 32, 48, 64),
+    decoder_depths=(1, 2, 1, 1),
+    temporal_down=(False, True, True),
+    stem_stride=2,
+    expansion=4,
+    conv_impl="xla3d",
+)
+OLD_TOY_PATCHES = (8, 16)
+
+
 def bench_train(
-    variant: str, batch: int, frames: int, size: int, steps: int, depthwise: str = ""
+    variant: str,
+    batch: int,
+    frames: int,
+    size: int,
+    steps: int,
+    depthwise: str = "",
+    model_overrides: dict | None = None,
 ) -> dict:
     config = tok_config.get_config(variant)
     config.data.update(frames=frames, height=size, width=size)
     config.model.depthwise_impl = depthwise
+    if model_overrides:
+        config.model.update(model_overrides)
+        config.masking.patch_sizes = OLD_TOY_PATCHES
     stage = tok_stage.build(config)
     model = build_tokenizer(config.model)
     video = jax.random.uniform(
@@ -91,6 +118,7 @@ def bench_train(
         "clip": f"{frames}x{size}x{size}",
         "batch": batch,
         "depthwise": config.model.depthwise_impl or conv3d.default_depthwise_impl(),
+        "conv": config.model.conv_impl or conv3d.default_conv_impl(),
         "compile_s": round(compile_s, 1),
         "step_s": round(sec, 3),
         "clips_per_s": round(batch / sec, 2),
@@ -99,7 +127,9 @@ def bench_train(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="toy,paper", help="comma list of toy, paper")
+    parser.add_argument(
+        "--sizes", default="toy_old,toy,paper", help="comma list of toy_old, toy, paper"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
     parser.add_argument("--paper_clip", default="5x32x1", help="frames x size x batch for paper")
     parser.add_argument("--skip_depthwise", action="store_true")
@@ -111,15 +141,28 @@ def main() -> None:
     if not args.skip_depthwise:
         report["depthwise"] = bench_depthwise(repeats=2)
     for size in args.sizes.split(","):
-        if size == "toy":
-            report["train_toy"] = bench_train("toy", 8, 9, 64, args.steps)
+        if size in ("toy", "toy_old"):
+            toy = tok_config.get_config("toy")
+            frames = 9 if size == "toy_old" else toy.data.frames
+            report[f"train_{size}"] = bench_train(
+                "toy",
+                8 if size == "toy_old" else toy.train.batch_size,
+                frames,
+                toy.data.height,
+                args.steps,
+                model_overrides=OLD_TOY_MODEL if size == "toy_old" else None,
+            )
         elif size == "paper":
             frames, res, batch = (int(v) for v in args.paper_clip.split("x"))
             report["train_paper"] = bench_train(
                 "paper", batch, frames, res, args.steps, args.paper_depthwise
             )
         else:
-            raise ValueError(f"unknown size {size!r}; use toy or paper")
+            raise ValueError(f"unknown size {size!r}; use toy_old, toy or paper")
+    if "train_toy" in report and "train_toy_old" in report:
+        old, new = report["train_toy_old"], report["train_toy"]
+        report["toy_speedup"] = round(old["step_s"] / new["step_s"], 2)
+        report["toy_clip_speedup"] = round(new["clips_per_s"] / old["clips_per_s"], 2)
     print(json.dumps(report, indent=2))
 
 

@@ -41,7 +41,8 @@ from motionaura_jax.train import tokenizer as tok_stage  # noqa: E402
 
 def analyse(frames: int, size: int, per_device_batch: int, depthwise: str, remat: bool) -> dict:
     config = tok_config.get_config("paper")
-    config.model.update(depthwise_impl=depthwise, remat=remat)
+    # conv_impl: the GPU path (one Conv3D per layer), which is what this tool sizes.
+    config.model.update(depthwise_impl=depthwise, remat=remat, conv_impl="xla3d")
     config.data.update(frames=frames, height=size, width=size)
     stage = tok_stage.build(config)
     mesh = mesh_lib.make_mesh(dict(config.mesh))

@@ -15,6 +15,11 @@ initialising), each causal convolution prepends the tail of the previous chunk's
 chunk. Chunks after the first must then have a length divisible by the total temporal
 stride; see `tokenizer/streaming.py`.
 
+Backends: dense causal convs run as one XLA Conv3D (`'xla3d'`, GPU/TPU) or, on CPU, as kt
+2D convs over frames folded into the batch (`'frames2d'`, 3-5x faster fwd+bwd there);
+depthwise ones as one grouped conv or 27 shifted multiply-adds with a hand-written
+backward (`'shifted'`, CPU). Both read the same kernels, so checkpoints move between them.
+
 Kernel naming: the paper writes kernels as N x H x W (frames first, B.1.4) and our layout
 is (T, H, W), so paper kernels map one-to-one: 3x3x1 mixes time and height, 3x1x3 time and
 width, 1x3x3 is purely spatial.
@@ -36,6 +41,7 @@ from motionaura_jax.parallel import axes
 Dtype = Any
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
 DEPTHWISE_IMPLS = ("grouped", "shifted")
+CONV_IMPLS = ("xla3d", "frames2d")
 # Kernel tap axes (kt, kh, kw): Flax rejects a logical name used twice in one array, so
 # only the temporal tap axis is named; the spatial ones are None (neither is ever sharded).
 TAP_AXES = (axes.CONV_SPACE, None, None)
@@ -51,6 +57,49 @@ def default_depthwise_impl() -> str:
     """`'shifted'` on CPU, where XLA's grouped Conv3D is ~10x slower (DESIGN section 7),
     `'grouped'` (one `feature_group_count` convolution) on GPU/TPU."""
     return "shifted" if jax.default_backend() == "cpu" else "grouped"
+
+
+def default_conv_impl() -> str:
+    """`'frames2d'` on CPU, where XLA's 3D convolution is 3-5x slower fwd+bwd than the
+    same conv written as kt 2D convolutions over frames folded into the batch (toy shapes,
+    `tools/bench_tokenizer.py`); `'xla3d'` (one Conv3D, cuDNN's native kernel) elsewhere."""
+    return "frames2d" if jax.default_backend() == "cpu" else "xla3d"
+
+
+def conv_frames2d(
+    x_padded: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    spatial_pads: Sequence[tuple[int, int]],
+) -> jax.Array:
+    """A 3D conv, VALID in time, as the sum over temporal taps of 2D convs on shifted
+    frames (frames folded into the batch). Same math as `lax.conv_general_dilated` on
+    NDHWC / DHWIO; only the order of the sums differs.
+
+    Args:
+      x_padded: (B, Tp, H, W, Cin), time already (causally) padded.
+      kernel: (kt, kh, kw, Cin, Cout).
+      strides: (s_t, s_h, s_w).
+      spatial_pads: ((lo, hi), (lo, hi)) for H and W.
+    Returns:
+      (B, (Tp - kt) // s_t + 1, H', W', Cout).
+    """
+    kt = kernel.shape[0]
+    st, sh, sw = strides
+    b, tp, h, w, cin = x_padded.shape
+    t_out = (tp - kt) // st + 1
+    out = None
+    for a in range(kt):
+        frames = x_padded[:, a : a + st * (t_out - 1) + 1 : st].reshape(b * t_out, h, w, cin)
+        y = lax.conv_general_dilated(
+            frames,
+            kernel[a],
+            window_strides=(sh, sw),
+            padding=tuple(spatial_pads),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        out = y if out is None else out + y
+    return out.reshape(b, t_out, *out.shape[1:])
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -97,9 +146,13 @@ class CausalConv3D(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
+    impl: str | None = None  # 'xla3d' | 'frames2d' | None = per backend (default_conv_impl)
 
     @nn.compact
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
+        impl = self.impl or default_conv_impl()
+        if impl not in CONV_IMPLS:
+            raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
         kt, kh, kw = self.kernel_size
         st, sh, sw = self.strides
         cin = x_bthwc.shape[-1]
@@ -115,13 +168,17 @@ class CausalConv3D(nn.Module):
         )
         x = causal_front(self, x_bthwc.astype(self.dtype), kt - 1, max(kt - st, 0))
         _, _, h, w, _ = x.shape
-        y = lax.conv_general_dilated(
-            x,
-            kernel.astype(self.dtype),
-            window_strides=(st, sh, sw),
-            padding=((0, 0), _same_pads(h, kh, sh), _same_pads(w, kw, sw)),
-            dimension_numbers=_DIMS,
-        )
+        pads = (_same_pads(h, kh, sh), _same_pads(w, kw, sw))
+        if impl == "frames2d":
+            y = conv_frames2d(x, kernel.astype(self.dtype), (st, sh, sw), pads)
+        else:
+            y = lax.conv_general_dilated(
+                x,
+                kernel.astype(self.dtype),
+                window_strides=(st, sh, sw),
+                padding=((0, 0), *pads),
+                dimension_numbers=_DIMS,
+            )
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -149,9 +206,7 @@ def depthwise_grouped(x_padded: jax.Array, kernel_thwc: jax.Array) -> jax.Array:
     )
 
 
-def depthwise_shifted(x_padded: jax.Array, kernel_thwc: jax.Array) -> jax.Array:
-    """The same depthwise conv as kt*kh*kw shifted multiply-adds (DESIGN section 7: ~10x
-    faster than the grouped conv on XLA CPU). Same shapes as `depthwise_grouped`."""
+def _depthwise_taps(x_padded: jax.Array, kernel_thwc: jax.Array) -> jax.Array:
     kt, kh, kw, _ = kernel_thwc.shape
     b, tp, hp, wp, c = x_padded.shape
     t, h, w = tp - kt + 1, hp - kh + 1, wp - kw + 1
@@ -161,6 +216,43 @@ def depthwise_shifted(x_padded: jax.Array, kernel_thwc: jax.Array) -> jax.Array:
             for j in range(kw):
                 out = out + x_padded[:, a : a + t, i : i + h, j : j + w, :] * kernel_thwc[a, i, j]
     return out
+
+
+@jax.custom_vjp
+def depthwise_shifted(x_padded: jax.Array, kernel_thwc: jax.Array) -> jax.Array:
+    """The same depthwise conv as kt*kh*kw shifted multiply-adds (DESIGN section 7: ~10x
+    faster than the grouped conv on XLA CPU). Same shapes as `depthwise_grouped`.
+
+    The backward pass is written out (`_depthwise_bwd`): autodiff of the taps pads each
+    of the kt*kh*kw input-gradient terms to the full input separately, ~2x slower on CPU
+    than one correlation with the flipped kernel."""
+    return _depthwise_taps(x_padded, kernel_thwc)
+
+
+def _depthwise_fwd(x_padded, kernel_thwc):
+    return _depthwise_taps(x_padded, kernel_thwc), (x_padded, kernel_thwc)
+
+
+def _depthwise_bwd(res, g_bthwc):
+    x_padded, kernel_thwc = res
+    kt, kh, kw, _ = kernel_thwc.shape
+    _, t, h, w, _ = g_bthwc.shape
+    # d/dx of a correlation is the correlation of the fully padded cotangent with the
+    # flipped kernel; d/dk is one reduction per tap.
+    g_pad = jnp.pad(g_bthwc, ((0, 0), (kt - 1, kt - 1), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    g_x = _depthwise_taps(g_pad, kernel_thwc[::-1, ::-1, ::-1])
+    g_k = jnp.stack(
+        [
+            jnp.sum(x_padded[:, a : a + t, i : i + h, j : j + w] * g_bthwc, axis=(0, 1, 2, 3))
+            for a in range(kt)
+            for i in range(kh)
+            for j in range(kw)
+        ]
+    ).reshape(kernel_thwc.shape)
+    return g_x.astype(x_padded.dtype), g_k.astype(kernel_thwc.dtype)
+
+
+depthwise_shifted.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 class DepthwiseConv3D(nn.Module):
@@ -246,13 +338,17 @@ class ConvTranspose3D(nn.Module):
             (self.features,),
             self.param_dtype,
         )
+        # Temporal kernel 1: a 2D transposed conv on frames folded into the batch, the
+        # same math as the 3D one and faster on XLA CPU (see `default_conv_impl`).
+        b, t, h, w, _ = x_bthwc.shape
         y = lax.conv_transpose(
-            x_bthwc.astype(self.dtype),
-            kernel.astype(self.dtype),
-            strides=tuple(self.strides),
+            x_bthwc.astype(self.dtype).reshape(b * t, h, w, cin),
+            kernel[0].astype(self.dtype),
+            strides=tuple(self.strides[1:]),
             padding="SAME",
-            dimension_numbers=_DIMS,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
+        y = y.reshape(b, t, *y.shape[1:])
         return y + bias.astype(self.dtype)
 
 
@@ -334,12 +430,15 @@ class MBConv3D(nn.Module):
     expansion: int = 4
     se_ratio: float = 0.25
     depthwise_impl: str | None = None
+    conv_impl: str | None = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
         c, wide = self.features, self.features * self.expansion
-        h = CausalConv3D(c, (3, 3, 3), dtype=self.dtype, name="conv_in")(x_bthwc)
+        h = CausalConv3D(c, (3, 3, 3), dtype=self.dtype, impl=self.conv_impl, name="conv_in")(
+            x_bthwc
+        )
         r = FrameGroupNorm(dtype=self.dtype, name="norm_in")(h)
         r = nn.silu(_pointwise(wide, c, "expand", self.dtype)(r))
         r = SqueezeExcite3D(max(8, int(c * self.se_ratio)), dtype=self.dtype, name="se")(r)
@@ -365,24 +464,28 @@ class InceptionFusedMB3D(nn.Module):
     features: int
     expansion: int = 4
     depthwise_impl: str | None = None
+    conv_impl: str | None = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
         branches = []
         for i, k in enumerate(INCEPTION_KERNELS):
-            b = CausalConv3D(self.features, k, dtype=self.dtype, name=f"branch{i}_conv")(x_bthwc)
+            b = CausalConv3D(
+                self.features, k, dtype=self.dtype, impl=self.conv_impl, name=f"branch{i}_conv"
+            )(x_bthwc)
             b = MBConv3D(
                 self.features,
                 self.expansion,
                 depthwise_impl=self.depthwise_impl,
+                conv_impl=self.conv_impl,
                 dtype=self.dtype,
                 name=f"branch{i}_mb",
             )(b)
             branches.append(b)
-        y = CausalConv3D(self.features, (1, 1, 1), dtype=self.dtype, name="fuse")(
-            jnp.concatenate(branches, axis=-1)
-        )
+        y = CausalConv3D(
+            self.features, (1, 1, 1), dtype=self.dtype, impl=self.conv_impl, name="fuse"
+        )(jnp.concatenate(branches, axis=-1))
         if x_bthwc.shape[-1] == self.features:
             y = y + x_bthwc.astype(y.dtype)
         return y

@@ -61,13 +61,16 @@ class Downsample3D(nn.Module):
 
     features: int
     temporal: bool
+    conv_impl: str | None = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
         x = nn.silu(FrameGroupNorm(dtype=self.dtype, name="norm")(x_bthwc))
         strides = (2 if self.temporal else 1, 2, 2)
-        return CausalConv3D(self.features, (3, 3, 3), strides, dtype=self.dtype, name="conv")(x)
+        return CausalConv3D(
+            self.features, (3, 3, 3), strides, dtype=self.dtype, impl=self.conv_impl, name="conv"
+        )(x)
 
 
 class Upsample3D(nn.Module):
@@ -78,6 +81,7 @@ class Upsample3D(nn.Module):
 
     features: int
     temporal: bool
+    conv_impl: str | None = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -85,7 +89,9 @@ class Upsample3D(nn.Module):
         x = nn.silu(FrameGroupNorm(dtype=self.dtype, name="norm")(x_bthwc))
         x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
         mult = 2 if self.temporal else 1
-        x = CausalConv3D(self.features * mult, (3, 3, 3), dtype=self.dtype, name="conv")(x)
+        x = CausalConv3D(
+            self.features * mult, (3, 3, 3), dtype=self.dtype, impl=self.conv_impl, name="conv"
+        )(x)
         if not self.temporal:
             return x
         b, t, h, w, _ = x.shape
@@ -106,7 +112,11 @@ class Encoder(nn.Module):
       widths: channel width of stages 1..4.
       depths: blocks per stage; the default (2, 2, 2, 3) puts the temporal downsamplers
         at blocks 6 and 9 (B.1.4).
-      temporal_down: which of the three downsamplers (after stages 1, 2, 3) also halve T.
+      temporal_down: which of the downsamplers (after stages 1 .. n-1) also halve T.
+      stem_stride: spatial stride of the stem: 2 with a (1, 3, 3) kernel (B.1.1), or
+        e.g. 4 with a (1, 4, 4) patchify kernel (space-to-depth, the CPU toy).
+      expansion: MB expansion ratio (B.1.3: 4).
+      conv_impl: dense conv implementation, `conv3d.CONV_IMPLS` or None (per backend).
     """
 
     latent_dim: int = 8
@@ -114,29 +124,47 @@ class Encoder(nn.Module):
     widths: Sequence[int] = (128, 256, 512, 512)
     depths: Sequence[int] = (2, 2, 2, 3)
     temporal_down: Sequence[bool] = (False, True, True)
+    stem_stride: int = 2
+    expansion: int = 4
     depthwise_impl: str | None = None
+    conv_impl: str | None = None
     remat: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, video_bthwc: jax.Array) -> jax.Array:
-        x = CausalConv3D(self.stem_width, (1, 3, 3), (1, 2, 2), dtype=self.dtype, name="stem")(
-            _constrain(video_bthwc)
-        )
+        s0 = self.stem_stride
+        k0 = 3 if s0 <= 2 else s0
+        x = CausalConv3D(
+            self.stem_width,
+            (1, k0, k0),
+            (1, s0, s0),
+            dtype=self.dtype,
+            impl=self.conv_impl,
+            name="stem",
+        )(_constrain(video_bthwc))
         for s, (width, depth) in enumerate(zip(self.widths, self.depths, strict=True)):
             for i, kind in enumerate(stage_kinds(depth)):
                 x = _block_cls(kind, self.remat)(
                     width,
+                    self.expansion,
                     depthwise_impl=self.depthwise_impl,
+                    conv_impl=self.conv_impl,
                     dtype=self.dtype,
                     name=f"stage{s + 1}_{i}_{kind}",
                 )(_constrain(x))
             if s < len(self.widths) - 1:
                 x = Downsample3D(
-                    self.widths[s + 1], self.temporal_down[s], dtype=self.dtype, name=f"down{s + 1}"
+                    self.widths[s + 1],
+                    self.temporal_down[s],
+                    conv_impl=self.conv_impl,
+                    dtype=self.dtype,
+                    name=f"down{s + 1}",
                 )(_constrain(x))
         x = nn.silu(FrameGroupNorm(dtype=self.dtype, name="norm_out")(_constrain(x)))
-        z = CausalConv3D(self.latent_dim, (3, 3, 3), dtype=self.dtype, name="conv_out")(x)
+        z = CausalConv3D(
+            self.latent_dim, (3, 3, 3), dtype=self.dtype, impl=self.conv_impl, name="conv_out"
+        )(x)
         return z.astype(jnp.float32)
 
 
@@ -144,37 +172,51 @@ class Decoder(nn.Module):
     """Quantized latent (B, 1 + k, h, w, latent_dim) -> video (B, 1 + 4k, 16h, 16w, 3).
 
     `widths` / `depths` / `temporal_up` are listed from the finest stage (1) to the
-    coarsest (4), as in the encoder; the decoder runs them in reverse.
+    coarsest (4), as in the encoder; the decoder runs them in reverse. `out_stride`
+    mirrors the encoder's `stem_stride`: the last ConvTranspose has kernel 2 * out_stride
+    and stride out_stride ((1, 4, 4) / (1, 2, 2) for the paper's stride 2).
     """
 
     out_channels: int = 3
     widths: Sequence[int] = (128, 256, 512, 512)
     depths: Sequence[int] = (2, 2, 2, 3)
     temporal_up: Sequence[bool] = (False, True, True)
+    out_stride: int = 2
+    expansion: int = 4
     depthwise_impl: str | None = None
+    conv_impl: str | None = None
     remat: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z_bthwd: jax.Array) -> jax.Array:
         n = len(self.widths)
-        x = CausalConv3D(self.widths[-1], (3, 3, 3), dtype=self.dtype, name="conv_in")(z_bthwd)
+        x = CausalConv3D(
+            self.widths[-1], (3, 3, 3), dtype=self.dtype, impl=self.conv_impl, name="conv_in"
+        )(z_bthwd)
         for s in reversed(range(n)):
             width = self.widths[s]
             for i, kind in enumerate(stage_kinds(self.depths[s])):
                 x = _block_cls(kind, self.remat)(
                     width,
+                    self.expansion,
                     depthwise_impl=self.depthwise_impl,
+                    conv_impl=self.conv_impl,
                     dtype=self.dtype,
                     name=f"stage{s + 1}_{i}_{kind}",
                 )(_constrain(x))
             if s > 0:
                 x = Upsample3D(
-                    self.widths[s - 1], self.temporal_up[s - 1], dtype=self.dtype, name=f"up{s}"
+                    self.widths[s - 1],
+                    self.temporal_up[s - 1],
+                    conv_impl=self.conv_impl,
+                    dtype=self.dtype,
+                    name=f"up{s}",
                 )(_constrain(x))
         x = nn.silu(FrameGroupNorm(dtype=self.dtype, name="norm_out")(_constrain(x)))
         # B.1.1: the last layer is a Conv3D transpose back to the input resolution.
+        s0 = self.out_stride
         y = ConvTranspose3D(
-            self.out_channels, (1, 4, 4), (1, 2, 2), dtype=self.dtype, name="conv_out"
+            self.out_channels, (1, 2 * s0, 2 * s0), (1, s0, s0), dtype=self.dtype, name="conv_out"
         )(x)
         return y.astype(jnp.float32)

@@ -102,7 +102,8 @@ class VideoTokenizer(nn.Module):
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** len(self.encoder.widths)  # stem (2x) + one 2x per downsampler
+        # stem stride, then one 2x per downsampler
+        return self.encoder.stem_stride * 2 ** (len(self.encoder.widths) - 1)
 
     @property
     def codebook_size(self) -> int:
@@ -157,12 +158,16 @@ def build_tokenizer(model: ml_collections.ConfigDict | Mapping[str, Any]) -> Vid
     """Build a `VideoTokenizer` from the `model` config section (`configs/tokenizer.py`).
 
     Fields: latent_dim, stem_width, widths, depths, decoder_widths, decoder_depths,
-    temporal_down, depthwise_impl ('' = per backend), remat, dtype, mfi_hidden (0 = no
-    head) and quantizer (a section with `name` plus that quantizer's fields).
+    temporal_down, stem_stride (default 2), expansion (default 4), depthwise_impl and
+    conv_impl ('' = per backend), remat, dtype, mfi_hidden (0 = no head) and quantizer
+    (a section with `name` plus that quantizer's fields).
     """
     m = dict(model)
     dtype = _DTYPES[m.get("dtype", "float32")]
     impl = m.get("depthwise_impl") or None
+    conv_impl = m.get("conv_impl") or None
+    stem_stride = int(m.get("stem_stride", 2))
+    expansion = int(m.get("expansion", 4))
     widths = tuple(m["widths"])
     depths = tuple(m["depths"])
     temporal = tuple(bool(t) for t in m.get("temporal_down", (False, True, True)))
@@ -174,7 +179,10 @@ def build_tokenizer(model: ml_collections.ConfigDict | Mapping[str, Any]) -> Vid
         widths=widths,
         depths=depths,
         temporal_down=temporal,
+        stem_stride=stem_stride,
+        expansion=expansion,
         depthwise_impl=impl,
+        conv_impl=conv_impl,
         remat=m.get("remat", False),
         dtype=dtype,
     )
@@ -182,7 +190,10 @@ def build_tokenizer(model: ml_collections.ConfigDict | Mapping[str, Any]) -> Vid
         widths=tuple(m.get("decoder_widths") or widths),
         depths=tuple(m.get("decoder_depths") or depths),
         temporal_up=temporal,
+        out_stride=stem_stride,
+        expansion=expansion,
         depthwise_impl=impl,
+        conv_impl=conv_impl,
         remat=m.get("remat", False),
         dtype=dtype,
     )

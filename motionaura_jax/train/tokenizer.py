@@ -3,8 +3,9 @@
 `build(config, workdir) -> Stage` wires `VideoTokenizer` (`config.model`), the input
 masking of D5 (`config.masking`: cosine-scheduled patch masking and full-frame masking),
 the loss of D4 (`config.loss`) and the clip pipeline (`config.data`). `evaluate` encodes
-and decodes `config.eval.num_clips` held-out clips and reports PSNR and SSIM (per frame,
-averaged), the share of the codebook in use on those clips and its perplexity.
+and decodes `config.eval.num_clips` held-out clips (`config.eval.frames` long; 0 = the
+training length) and reports PSNR and SSIM (per frame, averaged), the share of the
+codebook in use on those clips and its perplexity.
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ def masking_config(config: ml_collections.ConfigDict) -> MaskingConfig:
     )
 
 
+def eval_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.data` with `eval.frames` frames (0 = unchanged) and no batch buckets: the
+    causal tokenizer may train on short clips and be scored on longer ones."""
+    data = config.data.copy_and_resolve_references()
+    frames = int(config.eval.get("frames", 0) or 0)
+    if frames:
+        with data.unlocked():
+            data.frames = frames
+            data.buckets = ()
+    return data
+
+
 def make_reconstruct_fn(model: VideoTokenizer):
     """Jitted `(params, video) -> (indices, video_hat clipped to [-1, 1])`."""
 
@@ -69,7 +82,7 @@ class _Evaluator:
         ev = self.config.eval
         if self._batches is None:
             self._batches = pipeline.eval_batches(
-                self.config.data, int(ev.num_clips), int(ev.batch_size), split=ev.split
+                eval_data_config(self.config), int(ev.num_clips), int(ev.batch_size), split=ev.split
             )
         psnrs, ssims, codes = [], [], []
         for batch in self._batches:
