@@ -179,7 +179,9 @@ def read_config(directory: str, step: int | None = None) -> tuple[ml_collections
     return config, step
 
 
-def load_params(stage_folder: str, step: int | None = None) -> tuple[PyTree, ml_collections.ConfigDict]:
+def load_params(
+    stage_folder: str, step: int | None = None
+) -> tuple[PyTree, ml_collections.ConfigDict]:
     """Params (host numpy arrays) and config of a finished stage: `workdir/<stage>` or an
     export folder. This is how a later stage loads the frozen model an earlier one trained.
     """
@@ -188,9 +190,17 @@ def load_params(stage_folder: str, step: int | None = None) -> tuple[PyTree, ml_
     directory = os.path.join(stage_folder, "checkpoints")
     config, step = read_config(directory, step)
     reader = StageCheckpointer(directory, stage=config.stage, async_save=False)
-    # Without a target Orbax restores the saved tree as-is; only the params are kept.
+    # Restore onto one local device, with shapes from the checkpoint's own metadata: a
+    # target-less restore would reuse the saved shardings, which fail when this process
+    # sees another number of devices than the training run did.
+    metadata = reader.manager.item_metadata(step)["state"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+        getattr(metadata, "tree", metadata),
+    )
     restored = reader.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
     )
     reader.close()
     return jax.device_get(restored["state"]["params"]), config

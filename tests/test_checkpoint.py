@@ -135,3 +135,27 @@ def test_load_params_from_stage_folder_and_export(tmp_path):
     checkpoint_lib.export_params(params, saved, str(tmp_path / "exp"))
     exported, _ = checkpoint_lib.load_params(str(tmp_path / "exp"))
     np.testing.assert_array_equal(exported["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+
+
+def test_load_params_in_a_process_with_other_devices(tmp_path):
+    import subprocess
+    import sys
+
+    _trained(tmp_path / "run")  # saved from 8 fake devices
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import jax; from motionaura_jax import checkpoint as c\n"
+        f"p, cfg = c.load_params({str(tmp_path / 'run' / 'tiny')!r})\n"
+        "assert jax.device_count() == 1, jax.device_count()\n"
+        "print(p['Dense_0']['kernel'].shape, cfg.stage)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=dict(env, PYTHONPATH=root),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "(16, 64) tests.tiny_stage:build" in run.stdout
