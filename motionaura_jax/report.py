@@ -61,7 +61,10 @@ def plot_curves(rows: Sequence[dict], keys: Sequence[str], title: str, out_png: 
 
 
 def contact_sheet(
-    clips: np.ndarray, captions: Sequence[str], out_png: str, frames_per_row: int = 5,
+    clips: np.ndarray,
+    captions: Sequence[str],
+    out_png: str,
+    frames_per_row: int = 5,
     scale: int = 2,
 ) -> str:
     """A grid: one row per clip (evenly spaced frames), its caption above it.
@@ -77,8 +80,9 @@ def contact_sheet(
     picks = np.linspace(0, t - 1, min(frames_per_row, t)).round().astype(int)
     caption_h, pad = 14, 4
     cell_w, cell_h = w * scale, h * scale
-    sheet = Image.new("RGB", (len(picks) * (cell_w + pad) + pad,
-                              n * (cell_h + caption_h + pad) + pad), "white")
+    sheet = Image.new(
+        "RGB", (len(picks) * (cell_w + pad) + pad, n * (cell_h + caption_h + pad) + pad), "white"
+    )
     draw = ImageDraw.Draw(sheet)
     for i in range(n):
         y = pad + i * (cell_h + caption_h + pad)
@@ -92,10 +96,11 @@ def contact_sheet(
 
 def write_gif(clip: np.ndarray, path: str, fps: float = 8.0, scale: int = 2) -> str:
     """uint8 (T, H, W, 3) -> looping GIF."""
-    frames = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale),
-                                        Image.NEAREST) for f in np.asarray(clip)]
-    frames[0].save(path, save_all=True, append_images=frames[1:], loop=0,
-                   duration=int(1000 / fps))
+    frames = [
+        Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST)
+        for f in np.asarray(clip)
+    ]
+    frames[0].save(path, save_all=True, append_images=frames[1:], loop=0, duration=int(1000 / fps))
     return path
 
 
@@ -114,7 +119,9 @@ def metrics_table(evals: Mapping[str, Mapping | None], targets: Mapping[str, str
     return "\n".join(lines)
 
 
-def write_report(workdir: str, body_sections: Sequence[str], title: str = "MotionAura-JAX run") -> str:
+def write_report(
+    workdir: str, body_sections: Sequence[str], title: str = "MotionAura-JAX run"
+) -> str:
     """Writes `workdir/report.md` from markdown sections; returns its path."""
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:

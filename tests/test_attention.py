@@ -77,8 +77,7 @@ def test_rope_scores_depend_only_on_relative_position(ndims):
 def test_rope_keeps_norms():
     x = jnp.asarray(_x((2, 5, 3, 8), seed=4))
     y = apply_rope(x, rope_angles(jnp.arange(5)[:, None], 8))
-    np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1),
-                               rtol=1e-5)
+    np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
 
 
 # ---- sharding: 8 fake CPU devices (tests/conftest.py) ---------------------------------
@@ -91,12 +90,21 @@ def _sharded_setup():
         pytest.skip("needs 8 (fake) devices")
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     rules = get_rules("transformer")
-    model = SpectralTransformer(vocab_size=64, width=32, num_heads=4, depth=1,
-                                text_dim=TEXT_DIM, spectral="real", scan_layers=True)
+    model = SpectralTransformer(
+        vocab_size=64,
+        width=32,
+        num_heads=4,
+        depth=1,
+        text_dim=TEXT_DIM,
+        spectral="real",
+        scan_layers=True,
+    )
     rng = np.random.default_rng(5)
-    inputs = (jnp.asarray(rng.integers(0, 65, size=(B,) + GRID), jnp.int32),
-              jnp.asarray(rng.uniform(size=(B,)), jnp.float32),
-              jnp.asarray(rng.normal(size=(B, TEXT_LEN, TEXT_DIM)), jnp.float32))
+    inputs = (
+        jnp.asarray(rng.integers(0, 65, size=(B,) + GRID), jnp.int32),
+        jnp.asarray(rng.uniform(size=(B,)), jnp.float32),
+        jnp.asarray(rng.normal(size=(B, TEXT_LEN, TEXT_DIM)), jnp.float32),
+    )
     params = model.init(jax.random.key(0), *inputs, drop_text=jnp.zeros((B,), bool))
     return mesh, rules, model, params, inputs
 
@@ -130,8 +138,7 @@ def test_sharded_forward_keeps_fft_local_and_matches_unsharded(monkeypatch):
     assert ffts, "no FFT in the compiled forward"
     assert set(ffts) == {local_batch}, f"FFT batch sizes {ffts}, want per-device {local_batch}"
     assert not _batch_gathers(hlo)
-    np.testing.assert_allclose(sharded, jax.jit(model.apply)(params, *inputs), rtol=2e-4,
-                               atol=2e-4)
+    np.testing.assert_allclose(sharded, jax.jit(model.apply)(params, *inputs), rtol=2e-4, atol=2e-4)
 
     # Control: without the shard_map, XLA gathers the batch before the FFT, which the
     # checks above detect.

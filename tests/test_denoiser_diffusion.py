@@ -58,8 +58,9 @@ def test_corrupt_never_masks_known_tokens():
     rng = np.random.default_rng(1)
     tokens = jnp.asarray(rng.integers(0, 9, size=(4, 2, 3, 5)), jnp.int32)
     known = jnp.asarray(rng.uniform(size=tokens.shape) < 0.4)
-    z, masked = jax.jit(corrupt, static_argnums=(3, 4))(jax.random.key(2), tokens, jnp.ones(4),
-                                                         9, "linear", known)
+    z, masked = jax.jit(corrupt, static_argnums=(3, 4))(
+        jax.random.key(2), tokens, jnp.ones(4), 9, "linear", known
+    )
     assert not np.any(np.asarray(masked) & np.asarray(known))
     np.testing.assert_array_equal(np.asarray(z)[np.asarray(known)], np.asarray(tokens)[known])
     assert np.all(np.asarray(masked).reshape(4, -1).sum(1) >= 1)
@@ -86,18 +87,30 @@ def test_masked_cross_entropy_matches_numpy():
 
 @functools.cache
 def _toy_setup(p_uncond=0.1):
-    model = SpectralTransformer(vocab_size=32, width=32, num_heads=4, depth=2, text_dim=8,
-                                mlp_ratio=2.0)
+    model = SpectralTransformer(
+        vocab_size=32, width=32, num_heads=4, depth=2, text_dim=8, mlp_ratio=2.0
+    )
     rng = np.random.default_rng(4)
-    batch = {"tokens": jnp.asarray(rng.integers(0, 32, size=(4, 2, 2, 4)), jnp.int32),
-             "text": jnp.asarray(rng.normal(size=(4, 3, 8)), jnp.float32),
-             "text_mask": jnp.asarray([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)}
+    batch = {
+        "tokens": jnp.asarray(rng.integers(0, 32, size=(4, 2, 2, 4)), jnp.int32),
+        "text": jnp.asarray(rng.normal(size=(4, 3, 8)), jnp.float32),
+        "text_mask": jnp.asarray([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool),
+    }
     # Random parameters from the abstract shapes: no init compile (tests are compile-bound).
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), batch["tokens"],
-                                     jnp.ones(4), batch["text"], drop_text=jnp.zeros(4, bool)))
+    shapes = nn.unbox(
+        jax.eval_shape(
+            model.init,
+            jax.random.key(0),
+            batch["tokens"],
+            jnp.ones(4),
+            batch["text"],
+            drop_text=jnp.zeros(4, bool),
+        )
+    )
     leaves, tree = jax.tree.flatten(shapes["params"])
-    params = jax.tree.unflatten(tree, [jnp.asarray(0.05 * rng.normal(size=x.shape), jnp.float32)
-                                       for x in leaves])
+    params = jax.tree.unflatten(
+        tree, [jnp.asarray(0.05 * rng.normal(size=x.shape), jnp.float32) for x in leaves]
+    )
     return model, batch, params, DiffusionConfig(vocab_size=32, p_uncond=p_uncond)
 
 
@@ -109,7 +122,8 @@ def test_loss_falls_on_a_fixed_batch():
     @jax.jit
     def step(params, state, key):
         (loss, _), grads = jax.value_and_grad(
-            lambda p: diffusion_loss(model.apply, p, batch, key, cfg), has_aux=True)(params)
+            lambda p: diffusion_loss(model.apply, p, batch, key, cfg), has_aux=True
+        )(params)
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
@@ -129,5 +143,6 @@ def test_text_dropout_replaces_the_text():
     # when kept is tested in test_denoiser_model.test_dropped_text_ignores_the_text).
     assert float(loss(batch)) == pytest.approx(float(loss(other)), abs=1e-6)
     with pytest.raises(ValueError, match="integer codes"):
-        diffusion_loss(model.apply, params, {**batch, "tokens": batch["text"]},
-                       jax.random.key(0), cfg)
+        diffusion_loss(
+            model.apply, params, {**batch, "tokens": batch["text"]}, jax.random.key(0), cfg
+        )

@@ -1,6 +1,5 @@
 """The spectral transformer against a NumPy reference of Eqs. 2-5, switches, scan, dtypes."""
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,8 +19,15 @@ B, GRID, S = 2, (2, 2, 3), 4
 
 
 def _model(**kw):
-    base = dict(vocab_size=VOCAB, width=WIDTH, num_heads=HEADS, depth=2, text_dim=TEXT_DIM,
-                mlp_ratio=2.0, scan_layers=False)
+    base = dict(
+        vocab_size=VOCAB,
+        width=WIDTH,
+        num_heads=HEADS,
+        depth=2,
+        text_dim=TEXT_DIM,
+        mlp_ratio=2.0,
+        scan_layers=False,
+    )
     return SpectralTransformer(**{**base, **kw})
 
 
@@ -37,17 +43,23 @@ def _inputs(seed=0, grid=GRID):
 
 def _random_params(model, seed=1, scale=0.3):
     tokens, t, text, mask, fps = _inputs()
-    shapes = nn.unbox(jax.eval_shape(
-        lambda: model.init(jax.random.key(0), tokens, t, text, mask, fps,
-                           drop_text=np.zeros(B, bool))["params"]))
+    shapes = nn.unbox(
+        jax.eval_shape(
+            lambda: model.init(
+                jax.random.key(0), tokens, t, text, mask, fps, drop_text=np.zeros(B, bool)
+            )["params"]
+        )
+    )
     leaves, tree = jax.tree.flatten(shapes)
     rng = np.random.default_rng(seed)
     # Random values everywhere (zero-initialised gates would hide whole sub-layers).
-    return jax.tree.unflatten(tree, [jnp.asarray(scale * rng.normal(size=x.shape), jnp.float32)
-                                     for x in leaves])
+    return jax.tree.unflatten(
+        tree, [jnp.asarray(scale * rng.normal(size=x.shape), jnp.float32) for x in leaves]
+    )
 
 
 # ---- NumPy reference (independent of the Flax code) -----------------------------------
+
 
 def _sinusoid(x, dim):
     half = dim // 2
@@ -152,8 +164,9 @@ def _reference(p, tokens, t, text, text_mask, fps, spectral, residual):
     return x @ p["head"]["kernel"] + p["head"]["bias"]
 
 
-@pytest.mark.parametrize("spectral,residual", [("real", "paper"), ("hartley", "prenorm"),
-                                               ("none", "paper")])
+@pytest.mark.parametrize(
+    "spectral,residual", [("real", "paper"), ("hartley", "prenorm"), ("none", "paper")]
+)
 def test_forward_matches_numpy_reference_of_eqs_2_to_5(spectral, residual):
     model = _model(spectral=spectral, residual=residual)
     params = _random_params(model)
@@ -166,20 +179,26 @@ def test_forward_matches_numpy_reference_of_eqs_2_to_5(spectral, residual):
 
 # Every spectral x pos_emb pair; residual and scan are chosen so that every pair of values
 # of any two of the four switches appears at least once (a pairwise covering design).
-SWITCHES = [("real", "rope", "paper", False), ("real", "sinusoidal", "paper", False),
-            ("real", "rope3d", "prenorm", True), ("none", "rope", "paper", False),
-            ("none", "sinusoidal", "paper", True), ("none", "rope3d", "prenorm", False),
-            ("hartley", "rope", "prenorm", True), ("hartley", "sinusoidal", "prenorm", False),
-            ("hartley", "rope3d", "paper", False)]
+SWITCHES = [
+    ("real", "rope", "paper", False),
+    ("real", "sinusoidal", "paper", False),
+    ("real", "rope3d", "prenorm", True),
+    ("none", "rope", "paper", False),
+    ("none", "sinusoidal", "paper", True),
+    ("none", "rope3d", "prenorm", False),
+    ("hartley", "rope", "prenorm", True),
+    ("hartley", "sinusoidal", "prenorm", False),
+    ("hartley", "rope3d", "paper", False),
+]
 
 
 def test_every_switch_combination_runs():
     tokens, t, text, mask, fps = _inputs()
     for spectral, pos_emb, residual, scan in SWITCHES:
-        model = _model(depth=1, residual=residual, scan_layers=scan, spectral=spectral,
-                       pos_emb=pos_emb)
-        out = jax.jit(model.apply)({"params": _random_params(model)}, tokens, t, text, mask,
-                                   fps)
+        model = _model(
+            depth=1, residual=residual, scan_layers=scan, spectral=spectral, pos_emb=pos_emb
+        )
+        out = jax.jit(model.apply)({"params": _random_params(model)}, tokens, t, text, mask, fps)
         assert out.shape == (B, 12, VOCAB), (spectral, pos_emb, residual, scan)
         assert np.isfinite(out).all(), (spectral, pos_emb, residual, scan)
 
@@ -192,19 +211,26 @@ def test_scan_and_remat_equal_unrolled():
     unrolled = {k: v for k, v in params.items() if k != "blocks"}
     for i in range(2):
         unrolled[f"block_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["blocks"])
-    got = jax.jit(scanned.clone(scan_layers=False).apply)({"params": unrolled}, tokens, t,
-                                                          text, mask, fps)
+    got = jax.jit(scanned.clone(scan_layers=False).apply)(
+        {"params": unrolled}, tokens, t, text, mask, fps
+    )
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
     def loss(p, model):
         return jnp.mean(model.apply({"params": p}, tokens, t, text, mask, fps) ** 2)
 
     # One compile for the three gradients (compiles dominate this test's time).
-    grads = jax.jit(lambda p: [jax.grad(loss)(p, scanned.clone(remat=r))
-                               for r in ("none", "full", "dots")])(params)
+    grads = jax.jit(
+        lambda p: [jax.grad(loss)(p, scanned.clone(remat=r)) for r in ("none", "full", "dots")]
+    )(params)
     for g in grads[1:]:
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(
-            a, b, rtol=1e-3, atol=1e-4 * np.abs(b).max() + 1e-7), g, grads[0])
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(
+                a, b, rtol=1e-3, atol=1e-4 * np.abs(b).max() + 1e-7
+            ),
+            g,
+            grads[0],
+        )
 
 
 def test_params_have_logical_names_and_counts_are_exact():
@@ -225,8 +251,9 @@ def test_bf16_compute_keeps_f32_params_and_is_close_to_f32():
     model = _model(scan_layers=True)
     params = _random_params(model, scale=0.1)
     f32 = jax.jit(model.apply)({"params": params}, tokens, t, text, mask, fps)
-    bf16 = jax.jit(model.clone(dtype=jnp.bfloat16).apply)({"params": params}, tokens, t, text,
-                                                           mask, fps)
+    bf16 = jax.jit(model.clone(dtype=jnp.bfloat16).apply)(
+        {"params": params}, tokens, t, text, mask, fps
+    )
     assert bf16.dtype == jnp.float32
     assert np.abs(np.asarray(bf16) - np.asarray(f32)).max() < 0.1 * np.abs(f32).max()
 

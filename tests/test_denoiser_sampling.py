@@ -33,14 +33,23 @@ def _table_logits(seed=0):
 @functools.cache
 def _runner(sampler, steps):
     """One compiled sampler per (sampler, steps), shared by the tests below."""
-    run = jax.jit(functools.partial(sampler, logits_fn=_table_logits(), shape=(BATCH, L),
-                                    mask_id=K, steps=steps, return_history=True))
+    run = jax.jit(
+        functools.partial(
+            sampler,
+            logits_fn=_table_logits(),
+            shape=(BATCH, L),
+            mask_id=K,
+            steps=steps,
+            return_history=True,
+        )
+    )
 
     def call(key, fixed_tokens, fixed_mask, temperature=1.0, choice_temperature=4.5):
         # Temperatures are traced arguments, so every call shares one compile.
         kw = {"choice_temperature": choice_temperature} if sampler is maskgit_sample else {}
-        return run(key, fixed_tokens=fixed_tokens, fixed_mask=fixed_mask,
-                   temperature=temperature, **kw)
+        return run(
+            key, fixed_tokens=fixed_tokens, fixed_mask=fixed_mask, temperature=temperature, **kw
+        )
 
     return call
 
@@ -99,27 +108,38 @@ def test_samplers_are_deterministic_given_a_seed(sampler):
 
 
 def test_low_temperature_maskgit_picks_the_argmax():
-    tokens, _ = _runner(maskgit_sample, 6)(jax.random.key(0), *_no_fixed(), temperature=1e-3,
-                                           choice_temperature=0.0)
+    tokens, _ = _runner(maskgit_sample, 6)(
+        jax.random.key(0), *_no_fixed(), temperature=1e-3, choice_temperature=0.0
+    )
     table = _table_logits()(jnp.zeros((BATCH, L), jnp.int32), jnp.ones(BATCH))
     want = np.argmax(np.asarray(table), -1)
     np.testing.assert_array_equal(tokens, want)
 
 
 def _toy_model():
-    model = SpectralTransformer(vocab_size=K, width=16, num_heads=2, depth=1, text_dim=6,
-                                mlp_ratio=2.0, pos_emb="rope3d")
+    model = SpectralTransformer(
+        vocab_size=K, width=16, num_heads=2, depth=1, text_dim=6, mlp_ratio=2.0, pos_emb="rope3d"
+    )
     rng = np.random.default_rng(4)
     tokens = jnp.full((BATCH, 2, 3, 4), K, jnp.int32)
     text = jnp.asarray(rng.normal(size=(BATCH, 3, 6)), jnp.float32)
     mask = jnp.asarray([[1, 1, 1], [1, 0, 0], [1, 1, 0]], bool)
     # Random parameters from the abstract shapes (non-zero adaLN gates, so the text
     # reaches the logits; and no init compile).
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), tokens, jnp.ones(BATCH),
-                                     text, drop_text=jnp.zeros(BATCH, bool)))
+    shapes = nn.unbox(
+        jax.eval_shape(
+            model.init,
+            jax.random.key(0),
+            tokens,
+            jnp.ones(BATCH),
+            text,
+            drop_text=jnp.zeros(BATCH, bool),
+        )
+    )
     leaves, tree = jax.tree.flatten(shapes["params"])
-    params = jax.tree.unflatten(tree, [jnp.asarray(0.2 * rng.normal(size=x.shape), jnp.float32)
-                                       for x in leaves])
+    params = jax.tree.unflatten(
+        tree, [jnp.asarray(0.2 * rng.normal(size=x.shape), jnp.float32) for x in leaves]
+    )
     return model, params, tokens, text, mask
 
 
@@ -130,20 +150,23 @@ def test_cfg_scale_one_is_the_conditional_model_and_zero_the_unconditional():
     cond = apply({"params": params}, tokens, t, text, mask, drop_text=jnp.zeros(BATCH, bool))
     uncond = apply({"params": params}, tokens, t, text, mask, drop_text=jnp.ones(BATCH, bool))
     assert not np.allclose(cond, uncond, atol=1e-3)
-    guided = jax.jit(lambda s: guided_logits_fn(model.apply, params, text, mask,
-                                                guidance_scale=s)(tokens, t))
+    guided = jax.jit(
+        lambda s: guided_logits_fn(model.apply, params, text, mask, guidance_scale=s)(tokens, t)
+    )
     np.testing.assert_allclose(guided(1.0), cond, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(guided(0.0), uncond, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(guided(10.0), uncond + 10.0 * (cond - uncond), rtol=1e-3,
-                               atol=1e-3)
+    np.testing.assert_allclose(guided(10.0), uncond + 10.0 * (cond - uncond), rtol=1e-3, atol=1e-3)
     no_cfg = guided_logits_fn(model.apply, params, text, mask, guidance_scale=None)
     np.testing.assert_allclose(jax.jit(no_cfg)(tokens, t), cond, rtol=1e-4, atol=1e-4)
 
 
 def test_sample_with_the_model_and_cfg(method="maskgit"):
     model, params, tokens, text, mask = _toy_model()
-    run = jax.jit(functools.partial(sample, model, token_shape=tokens.shape, steps=10,
-                                    guidance_scale=10.0, method=method))
+    run = jax.jit(
+        functools.partial(
+            sample, model, token_shape=tokens.shape, steps=10, guidance_scale=10.0, method=method
+        )
+    )
     out = run(params, jax.random.key(0), text, text_mask=mask)
     assert out.shape == tokens.shape and out.dtype == jnp.int32
     assert np.all((np.asarray(out) >= 0) & (np.asarray(out) < K))

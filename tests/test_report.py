@@ -39,7 +39,8 @@ def test_curves_and_table(tmp_path):
     assert report.plot_curves(loaded, ["loss", "lr", "absent"], "tok", str(tmp_path / "c.png"))
     assert Image.open(tmp_path / "c.png").size[0] == 8 * 90  # two panels, 4 in each
     assert report.plot_curves([], ["loss"], "none", str(tmp_path / "n.png")) is None
-    table = report.metrics_table({"tokenizer": {"stage": "tokenizer", "psnr": 31.25}},
-                                 {"tokenizer/psnr": ">= 30"})
+    table = report.metrics_table(
+        {"tokenizer": {"stage": "tokenizer", "psnr": 31.25}}, {"tokenizer/psnr": ">= 30"}
+    )
     assert "| tokenizer | psnr | 31.25 | >= 30 |" in table
     assert "| t2v | (not run) | | |" in table

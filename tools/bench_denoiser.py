@@ -73,24 +73,40 @@ def analytic_train_flops(args) -> float:
 
 
 def build_step(args, spectral: str):
-    model = SpectralTransformer(vocab_size=args.vocab, width=args.dim, num_heads=args.heads,
-                                depth=args.depth, text_dim=args.text_dim, spectral=spectral,
-                                pos_emb="rope", scan_layers=args.scan, dtype=jnp.float32,
-                                logits_dtype=jnp.float32)
+    model = SpectralTransformer(
+        vocab_size=args.vocab,
+        width=args.dim,
+        num_heads=args.heads,
+        depth=args.depth,
+        text_dim=args.text_dim,
+        spectral=spectral,
+        pos_emb="rope",
+        scan_layers=args.scan,
+        dtype=jnp.float32,
+        logits_dtype=jnp.float32,
+    )
     cfg = DiffusionConfig(vocab_size=args.vocab)
     rng = np.random.default_rng(0)
-    batch = {"tokens": jnp.asarray(rng.integers(0, args.vocab, (args.batch, args.seq)),
-                                   jnp.int32),
-             "text": jnp.asarray(rng.normal(size=(args.batch, args.text_len, args.text_dim)),
-                                 jnp.float32)}
-    params = jax.jit(model.init)(jax.random.key(0), batch["tokens"], jnp.ones(args.batch),
-                                 batch["text"], drop_text=jnp.zeros(args.batch, bool))["params"]
+    batch = {
+        "tokens": jnp.asarray(rng.integers(0, args.vocab, (args.batch, args.seq)), jnp.int32),
+        "text": jnp.asarray(
+            rng.normal(size=(args.batch, args.text_len, args.text_dim)), jnp.float32
+        ),
+    }
+    params = jax.jit(model.init)(
+        jax.random.key(0),
+        batch["tokens"],
+        jnp.ones(args.batch),
+        batch["text"],
+        drop_text=jnp.zeros(args.batch, bool),
+    )["params"]
     opt = optax.adamw(1e-4)
     opt_state = opt.init(params)
 
     def train_step(params, opt_state, batch, key):
         (loss, _), grads = jax.value_and_grad(
-            lambda p: diffusion_loss(model.apply, p, batch, key, cfg), has_aux=True)(params)
+            lambda p: diffusion_loss(model.apply, p, batch, key, cfg), has_aux=True
+        )(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -103,8 +119,9 @@ def build_step(args, spectral: str):
 
     def run():
         state["i"] += 1
-        state["params"], state["opt"], loss = compiled(state["params"], state["opt"], batch,
-                                                       jax.random.key(state["i"]))
+        state["params"], state["opt"], loss = compiled(
+            state["params"], state["opt"], batch, jax.random.key(state["i"])
+        )
         return loss
 
     run()
@@ -112,38 +129,76 @@ def build_step(args, spectral: str):
 
 
 def time_sampling(args, model, params, steps: int = 10, scale: float = 10.0) -> float:
-    text = jnp.asarray(np.random.default_rng(1).normal(size=(args.batch, args.text_len,
-                                                            args.text_dim)), jnp.float32)
-    fn = jax.jit(lambda p, k: sample(model, p, k, text, (args.batch, args.seq), steps=steps,
-                                     guidance_scale=scale))
+    text = jnp.asarray(
+        np.random.default_rng(1).normal(size=(args.batch, args.text_len, args.text_dim)),
+        jnp.float32,
+    )
+    fn = jax.jit(
+        lambda p, k: sample(
+            model, p, k, text, (args.batch, args.seq), steps=steps, guidance_scale=scale
+        )
+    )
     jax.block_until_ready(fn(params, jax.random.key(0)))
     seconds = _median_time(lambda: fn(params, jax.random.key(1)), 3)
     return args.batch / seconds
 
 
 def run_peer(args) -> dict:
-    cmd = [sys.executable, PEER, "--batch", str(args.batch), "--seq", str(args.seq),
-           "--dim", str(args.dim), "--depth", str(args.depth), "--heads", str(args.heads),
-           "--vocab", str(args.vocab), "--text-len", str(args.text_len),
-           "--text-dim", str(args.text_dim), "--threads", str(args.threads),
-           "--steps", str(args.steps)]
+    cmd = [
+        sys.executable,
+        PEER,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--dim",
+        str(args.dim),
+        "--depth",
+        str(args.depth),
+        "--heads",
+        str(args.heads),
+        "--vocab",
+        str(args.vocab),
+        "--text-len",
+        str(args.text_len),
+        "--text-dim",
+        str(args.text_dim),
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in [("batch", 32), ("seq", 80), ("dim", 256), ("depth", 6), ("heads", 8),
-                          ("vocab", 12800), ("text-len", 32), ("text-dim", 256),
-                          ("threads", 2), ("steps", 5), ("rounds", 2)]:
+    for name, default in [
+        ("batch", 32),
+        ("seq", 80),
+        ("dim", 256),
+        ("depth", 6),
+        ("heads", 8),
+        ("vocab", 12800),
+        ("text-len", 32),
+        ("text-dim", 256),
+        ("threads", 2),
+        ("steps", 5),
+        ("rounds", 2),
+    ]:
         ap.add_argument("--" + name, type=int, default=default)
     ap.add_argument("--scan", type=int, default=0)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
-    result = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), "shape": vars(args).copy()}
+    result = {
+        "device": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "shape": vars(args).copy(),
+    }
     steps = {s: build_step(args, s) for s in ("none", "real")}
     dense_all = []
     result["params"] = count_params(steps["none"][0])
@@ -166,10 +221,14 @@ def main() -> None:
         sec = statistics.median(ours[s])
         # cost_analysis counts a scanned (while-loop) body once, so it is only the real
         # count for unrolled blocks; the analytic count is given alongside.
-        entry = {"seconds_per_step": sec, "all_rounds": ours[s],
-                 "flops_per_step_cost_analysis": flops, "flops_per_step_analytic": analytic,
-                 "achieved_flops_per_s": analytic / sec,
-                 "fraction_of_dense": analytic / sec / dense}
+        entry = {
+            "seconds_per_step": sec,
+            "all_rounds": ours[s],
+            "flops_per_step_cost_analysis": flops,
+            "flops_per_step_analytic": analytic,
+            "achieved_flops_per_s": analytic / sec,
+            "fraction_of_dense": analytic / sec / dense,
+        }
         if peer_times:
             entry["ratio_to_peer"] = sec / statistics.median(peer_times)
         result[f"spectral_{s}"] = entry
@@ -179,7 +238,8 @@ def main() -> None:
     for s in ("none", "real"):
         model, state = steps[s][0], steps[s][1]
         result[f"spectral_{s}"]["sampling_clips_per_s_10steps_cfg"] = time_sampling(
-            args, model, state["params"])
+            args, model, state["params"]
+        )
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -76,9 +76,14 @@ def sample_time(rng: jax.Array, batch: int, num_steps: int = 0) -> jax.Array:
     return 1.0 - jax.random.uniform(rng, (batch,))
 
 
-def corrupt(rng: jax.Array, tokens: jax.Array, t: jax.Array, mask_id: int,
-            schedule: str = "cosine", known: jax.Array | None = None
-            ) -> tuple[jax.Array, jax.Array]:
+def corrupt(
+    rng: jax.Array,
+    tokens: jax.Array,
+    t: jax.Array,
+    mask_id: int,
+    schedule: str = "cosine",
+    known: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Forward process q(z_t | z_0): mask each token with probability gamma(t).
 
     At least one token per example is masked (the one with the smallest uniform draw) so
@@ -104,8 +109,9 @@ def corrupt(rng: jax.Array, tokens: jax.Array, t: jax.Array, mask_id: int,
     return jnp.where(masked, mask_id, tokens).astype(jnp.int32), masked
 
 
-def masked_cross_entropy(logits: jax.Array, targets: jax.Array, masked: jax.Array,
-                         label_smoothing: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+def masked_cross_entropy(
+    logits: jax.Array, targets: jax.Array, masked: jax.Array, label_smoothing: float = 0.0
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean cross-entropy over masked positions of the whole batch, plus metrics.
 
     Args:
@@ -135,8 +141,13 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, masked: jax.Arra
     return loss, {"loss": loss, "masked_accuracy": acc, "mask_ratio": w.mean()}
 
 
-def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any, batch: dict[str, jax.Array],
-                   rng: jax.Array, config: DiffusionConfig) -> tuple[jax.Array, dict]:
+def diffusion_loss(
+    apply_fn: Callable[..., jax.Array],
+    params: Any,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    config: DiffusionConfig,
+) -> tuple[jax.Array, dict]:
     """The stage-2 training objective for one batch (D8).
 
     Args:
@@ -155,11 +166,18 @@ def diffusion_loss(apply_fn: Callable[..., jax.Array], params: Any, batch: dict[
     b = tokens.shape[0]
     r_t, r_mask, r_drop = jax.random.split(rng, 3)
     t = sample_time(r_t, b, config.num_steps)
-    z_t, masked = corrupt(r_mask, tokens, t, config.mask_id, config.schedule,
-                          batch.get("known"))
+    z_t, masked = corrupt(r_mask, tokens, t, config.mask_id, config.schedule, batch.get("known"))
     drop = jax.random.bernoulli(r_drop, config.p_uncond, (b,))
-    logits = apply_fn({"params": params}, z_t, t, batch["text"],
-                      text_mask=batch.get("text_mask"), fps=batch.get("fps"), drop_text=drop)
-    loss, metrics = masked_cross_entropy(logits, tokens.reshape(b, -1), masked.reshape(b, -1),
-                                         config.label_smoothing)
+    logits = apply_fn(
+        {"params": params},
+        z_t,
+        t,
+        batch["text"],
+        text_mask=batch.get("text_mask"),
+        fps=batch.get("fps"),
+        drop_text=drop,
+    )
+    loss, metrics = masked_cross_entropy(
+        logits, tokens.reshape(b, -1), masked.reshape(b, -1), config.label_smoothing
+    )
     return loss, {**metrics, "mean_t": t.mean()}

@@ -83,20 +83,28 @@ class SpectralBlock(nn.Module):
     def __call__(self, x, mods, context, context_mask, rope):
         width = x.shape[-1]
         n = NUM_MODS[self.residual]
-        table = self.param("mod_table",
-                           partitioned(nn.initializers.normal(width**-0.5), (None, axes.NORM)),
-                           (n, width), self.param_dtype)
+        table = self.param(
+            "mod_table",
+            partitioned(nn.initializers.normal(width**-0.5), (None, axes.NORM)),
+            (n, width),
+            self.param_dtype,
+        )
         mods = mods + table.astype(jnp.float32)[None]
         mods = [mods[:, i] for i in range(n)]
-        lora = dict(lora_rank=self.lora_rank, lora_kind=self.lora_kind,
-                    lora_alpha=self.lora_alpha)
-        attn = dict(num_heads=self.num_heads, spectral=self.spectral, dtype=self.dtype,
-                    param_dtype=self.param_dtype, **lora)
+        lora = dict(lora_rank=self.lora_rank, lora_kind=self.lora_kind, lora_alpha=self.lora_alpha)
+        attn = dict(
+            num_heads=self.num_heads,
+            spectral=self.spectral,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            **lora,
+        )
         sublayers = [
             lambda h: SpectralAttention(**attn, name="self_attn")(h, rope=rope),
             lambda h: SpectralAttention(**attn, name="cross_attn")(h, context, context_mask),
-            lambda h: FeedForward(width, self.mlp_ratio, self.dtype, self.param_dtype,
-                                  **lora, name="mlp")(h),
+            lambda h: FeedForward(
+                width, self.mlp_ratio, self.dtype, self.param_dtype, **lora, name="mlp"
+            )(h),
         ]
         norm = LayerNorm()
         for i, f in enumerate(sublayers):
@@ -182,10 +190,12 @@ class SpectralTransformer(nn.Module):
     lora_alpha: float = 1.0
 
     def _check(self, tokens: jax.Array) -> None:
-        for name, value, allowed in [("spectral", self.spectral, SPECTRAL_MODES),
-                                     ("pos_emb", self.pos_emb, POS_EMBS),
-                                     ("residual", self.residual, RESIDUALS),
-                                     ("remat", self.remat, REMAT_POLICIES)]:
+        for name, value, allowed in [
+            ("spectral", self.spectral, SPECTRAL_MODES),
+            ("pos_emb", self.pos_emb, POS_EMBS),
+            ("residual", self.residual, RESIDUALS),
+            ("remat", self.remat, REMAT_POLICIES),
+        ]:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.pos_emb == "rope3d" and tokens.ndim != 4:
@@ -199,18 +209,26 @@ class SpectralTransformer(nn.Module):
         valid = jnp.ones((b, s), bool) if text_mask is None else text_mask.astype(bool)
         # CFG null condition: one learned null token in slot 0, the rest padding. Declared
         # unconditionally so that params do not depend on whether drop_text was passed.
-        null = self.param("null_text", partitioned(nn.initializers.normal(0.02), (None,)),
-                          (self.text_dim,), self.param_dtype)
+        null = self.param(
+            "null_text",
+            partitioned(nn.initializers.normal(0.02), (None,)),
+            (self.text_dim,),
+            self.param_dtype,
+        )
         if drop_text is not None:
             null_text = jnp.zeros_like(text).at[:, 0].set(null.astype(text.dtype))
             null_valid = jnp.arange(s)[None, :] == 0
             drop = drop_text.astype(bool)[:, None]
             text = jnp.where(drop[..., None], null_text, text)
             valid = jnp.where(drop, null_valid, valid)
-        ctx = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                       kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
-                       bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
-                       name="text_proj")(text.astype(self.dtype))
+        ctx = nn.Dense(
+            self.width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
+            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+            name="text_proj",
+        )(text.astype(self.dtype))
         # Padding rows are zeroed so that they cannot leak into the frequency bins.
         ctx = jnp.where(valid[..., None], ctx, 0).astype(self.dtype)
         ctx = nn.with_logical_constraint(ctx, (axes.BATCH, axes.LENGTH, axes.EMBED))
@@ -223,24 +241,43 @@ class SpectralTransformer(nn.Module):
     def _blocks(self):
         block = SpectralBlock
         if self.remat != "none":
-            block = nn.remat(block, policy=_remat_policy(self.remat),
-                             prevent_cse=not self.scan_layers)
-        kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, spectral=self.spectral,
-                  residual=self.residual, dtype=self.dtype, param_dtype=self.param_dtype,
-                  lora_rank=self.lora_rank, lora_kind=self.lora_kind,
-                  lora_alpha=self.lora_alpha)
+            block = nn.remat(
+                block, policy=_remat_policy(self.remat), prevent_cse=not self.scan_layers
+            )
+        kw = dict(
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            spectral=self.spectral,
+            residual=self.residual,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            lora_rank=self.lora_rank,
+            lora_kind=self.lora_kind,
+            lora_alpha=self.lora_alpha,
+        )
         if self.scan_layers:
-            scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                              in_axes=(nn.broadcast,) * 4, length=self.depth,
-                              metadata_params={nn.PARTITION_NAME: axes.LAYERS})
+            scanned = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast,) * 4,
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: axes.LAYERS},
+            )
             return [scanned(**kw, name="blocks")]
         return [block(**kw, name=f"block_{i}") for i in range(self.depth)]
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, t: jax.Array, text: jax.Array,
-                 text_mask: jax.Array | None = None, fps: jax.Array | None = None,
-                 drop_text: jax.Array | None = None,
-                 extra_embeds: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        tokens: jax.Array,
+        t: jax.Array,
+        text: jax.Array,
+        text_mask: jax.Array | None = None,
+        fps: jax.Array | None = None,
+        drop_text: jax.Array | None = None,
+        extra_embeds: jax.Array | None = None,
+    ) -> jax.Array:
         self._check(tokens)
         b = tokens.shape[0]
         grid = tokens.shape[1:]
@@ -252,9 +289,12 @@ class SpectralTransformer(nn.Module):
         # K codes + [MASK], padded to a multiple of 128 rows so that the vocab axis
         # divides evenly over any tensor-parallel mesh axis (unused rows are never read).
         rows = -(-(self.vocab_size + 1) // 128) * 128
-        embed = self.param("token_embed", partitioned(nn.initializers.normal(0.02),
-                                                      (axes.VOCAB, axes.EMBED)),
-                           (rows, self.width), self.param_dtype)
+        embed = self.param(
+            "token_embed",
+            partitioned(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
+            (rows, self.width),
+            self.param_dtype,
+        )
         x = jnp.take(embed, tokens, axis=0).astype(self.dtype)
         if extra_embeds is not None:
             x = jnp.concatenate([x, extra_embeds.astype(self.dtype)], axis=1)
@@ -269,26 +309,39 @@ class SpectralTransformer(nn.Module):
             pos = token_positions((frames, h, w))[:total]
             rope = rope_angles(pos, self.width // self.num_heads, self.rope_base)
         else:
-            rope = rope_angles(jnp.arange(total)[:, None], self.width // self.num_heads,
-                               self.rope_base)
+            rope = rope_angles(
+                jnp.arange(total)[:, None], self.width // self.num_heads, self.rope_base
+            )
         x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
 
-        cond = ConditionEmbedding(self.width, self.time_emb_dim, dtype=self.dtype,
-                                  param_dtype=self.param_dtype, name="cond")(t, fps)
-        mods = AdaLNModulation(self.width, NUM_MODS[self.residual], self.dtype,
-                               self.param_dtype, name="block_mod")(cond)
+        cond = ConditionEmbedding(
+            self.width,
+            self.time_emb_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="cond",
+        )(t, fps)
+        mods = AdaLNModulation(
+            self.width, NUM_MODS[self.residual], self.dtype, self.param_dtype, name="block_mod"
+        )(cond)
         context, context_mask = self._text_context(text, text_mask, drop_text)
 
         for blocks in self._blocks():
             x, _ = blocks(x, mods, context, context_mask, rope)
 
-        shift, scale = jnp.unstack(AdaLNModulation(self.width, 2, self.dtype, self.param_dtype,
-                                                   name="final_mod")(cond), axis=1)
+        shift, scale = jnp.unstack(
+            AdaLNModulation(self.width, 2, self.dtype, self.param_dtype, name="final_mod")(cond),
+            axis=1,
+        )
         x = modulate(LayerNorm()(x), shift, scale)
-        logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                          kernel_init=partitioned(dense_init(0.02), (axes.EMBED, axes.VOCAB)),
-                          bias_init=partitioned(nn.initializers.zeros, (axes.VOCAB,)),
-                          name="head")(x)
+        logits = nn.Dense(
+            self.vocab_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(0.02), (axes.EMBED, axes.VOCAB)),
+            bias_init=partitioned(nn.initializers.zeros, (axes.VOCAB,)),
+            name="head",
+        )(x)
         logits = logits[:, :length]  # extra tokens get no logits
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
         return logits.astype(self.logits_dtype)
@@ -301,8 +354,9 @@ def variant(name: str, **overrides: Any) -> dict[str, Any]:
     return {**VARIANTS[name], **overrides}
 
 
-def abstract_params(model: SpectralTransformer, tokens_shape: tuple[int, ...] = (1, 16),
-                    text_len: int = 8) -> Any:
+def abstract_params(
+    model: SpectralTransformer, tokens_shape: tuple[int, ...] = (1, 16), text_len: int = 8
+) -> Any:
     """Parameter ShapeDtypeStructs (boxed with logical names) via `jax.eval_shape`."""
     tokens = jax.ShapeDtypeStruct(tokens_shape, jnp.int32)
     b = tokens_shape[0]
@@ -324,5 +378,8 @@ def count_params(model: SpectralTransformer) -> int:
 
 def config_dict(model: SpectralTransformer) -> dict[str, Any]:
     """The constructor fields of `model` (for config JSON next to exported params)."""
-    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-            if f.name not in ("parent", "name")}
+    return {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(model)
+        if f.name not in ("parent", "name")
+    }

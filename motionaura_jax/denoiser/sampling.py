@@ -28,9 +28,14 @@ from motionaura_jax.denoiser.diffusion import mask_schedule
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def guided_logits_fn(apply_fn: Callable[..., jax.Array], params: Any, text: jax.Array,
-                     text_mask: jax.Array | None = None, fps: jax.Array | None = None,
-                     guidance_scale: float | None = 10.0) -> LogitsFn:
+def guided_logits_fn(
+    apply_fn: Callable[..., jax.Array],
+    params: Any,
+    text: jax.Array,
+    text_mask: jax.Array | None = None,
+    fps: jax.Array | None = None,
+    guidance_scale: float | None = 10.0,
+) -> LogitsFn:
     """Classifier-free-guided logits `l_u + s (l_c - l_u)`.
 
     The conditional and the unconditional (null-text) passes share one forward on a
@@ -51,8 +56,15 @@ def guided_logits_fn(apply_fn: Callable[..., jax.Array], params: Any, text: jax.
             return None if x is None else jnp.concatenate([x, x], axis=0)
 
         drop = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
-        logits = apply_fn({"params": params}, two(tokens), two(t), two(text),
-                          text_mask=two(text_mask), fps=two(fps), drop_text=drop)
+        logits = apply_fn(
+            {"params": params},
+            two(tokens),
+            two(t),
+            two(text),
+            text_mask=two(text_mask),
+            fps=two(fps),
+            drop_text=drop,
+        )
         l_c, l_u = logits[:b].astype(jnp.float32), logits[b:].astype(jnp.float32)
         return l_u + guidance_scale * (l_c - l_u)
 
@@ -73,8 +85,9 @@ def _gumbel(rng, shape):
     return jax.random.gumbel(rng, shape, jnp.float32)
 
 
-def maskgit_schedule_counts(num_unknown: jax.Array, steps: int,
-                            schedule: str = "cosine") -> jax.Array:
+def maskgit_schedule_counts(
+    num_unknown: jax.Array, steps: int, schedule: str = "cosine"
+) -> jax.Array:
     """(steps, B) number of tokens still masked after each step, before clamping.
 
     `floor(N * gamma(1 - (s + 1) / steps))`; 0 after the last step.
@@ -87,10 +100,19 @@ def maskgit_schedule_counts(num_unknown: jax.Array, steps: int,
     return jnp.floor(counts + 1e-4).astype(jnp.int32)
 
 
-def maskgit_sample(rng: jax.Array, logits_fn: LogitsFn, shape: tuple[int, ...], mask_id: int,
-                   steps: int = 10, schedule: str = "cosine", temperature: float = 1.0,
-                   choice_temperature: float = 4.5, fixed_tokens: jax.Array | None = None,
-                   fixed_mask: jax.Array | None = None, return_history: bool = False):
+def maskgit_sample(
+    rng: jax.Array,
+    logits_fn: LogitsFn,
+    shape: tuple[int, ...],
+    mask_id: int,
+    steps: int = 10,
+    schedule: str = "cosine",
+    temperature: float = 1.0,
+    choice_temperature: float = 4.5,
+    fixed_tokens: jax.Array | None = None,
+    fixed_mask: jax.Array | None = None,
+    return_history: bool = False,
+):
     """MaskGIT confidence re-masking sampler.
 
     Args:
@@ -138,10 +160,18 @@ def maskgit_sample(rng: jax.Array, logits_fn: LogitsFn, shape: tuple[int, ...], 
     return (out, history) if return_history else out
 
 
-def posterior_sample(rng: jax.Array, logits_fn: LogitsFn, shape: tuple[int, ...], mask_id: int,
-                     steps: int = 10, schedule: str = "cosine", temperature: float = 1.0,
-                     fixed_tokens: jax.Array | None = None, fixed_mask: jax.Array | None = None,
-                     return_history: bool = False):
+def posterior_sample(
+    rng: jax.Array,
+    logits_fn: LogitsFn,
+    shape: tuple[int, ...],
+    mask_id: int,
+    steps: int = 10,
+    schedule: str = "cosine",
+    temperature: float = 1.0,
+    fixed_tokens: jax.Array | None = None,
+    fixed_mask: jax.Array | None = None,
+    return_history: bool = False,
+):
     """VQ-Diffusion-style ancestral sampler of the absorbing process (same API as MaskGIT's).
 
     Step s goes from t = 1 - s/steps to t' = 1 - (s+1)/steps; each masked token is
@@ -173,10 +203,19 @@ def posterior_sample(rng: jax.Array, logits_fn: LogitsFn, shape: tuple[int, ...]
 SAMPLERS = {"maskgit": maskgit_sample, "posterior": posterior_sample}
 
 
-def sample(model: Any, params: Any, rng: jax.Array, text: jax.Array, token_shape: tuple[int, ...],
-           text_mask: jax.Array | None = None, fps: jax.Array | None = None, steps: int = 10,
-           guidance_scale: float | None = 10.0, method: str = "maskgit", **kwargs: Any
-           ) -> jax.Array:
+def sample(
+    model: Any,
+    params: Any,
+    rng: jax.Array,
+    text: jax.Array,
+    token_shape: tuple[int, ...],
+    text_mask: jax.Array | None = None,
+    fps: jax.Array | None = None,
+    steps: int = 10,
+    guidance_scale: float | None = 10.0,
+    method: str = "maskgit",
+    **kwargs: Any,
+) -> jax.Array:
     """Text-to-tokens generation with a `SpectralTransformer` (jit with static args).
 
     Args:

@@ -80,8 +80,9 @@ def batch_mesh_axes(batch_size: int) -> tuple[str, ...]:
     else:
         names = tuple(a for a in DEFAULT_BATCH_MESH_AXES if a in mesh.axis_names)
     # Axes already manual (inside an enclosing shard_map) cannot be mapped again.
-    manual = {a for a, t in zip(mesh.axis_names, mesh.axis_types)
-              if t == jax.sharding.AxisType.Manual}
+    manual = {
+        a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Manual
+    }
     names = tuple(a for a in names if a in mesh.axis_names and a not in manual)
     size = math.prod(mesh.shape[a] for a in names)
     if not names or size == 1 or batch_size % size:
@@ -109,11 +110,16 @@ def spectral_mix(x_bld: jax.Array, mode: str) -> jax.Array:
     # holds whole (L, D) examples, so the FFT is purely local. Left in auto mode, the
     # partitioner may split D over 'tensor' and emit a wrong-length FFT per shard.
     mesh = jax.sharding.get_abstract_mesh()
-    manual = {a for a, t in zip(mesh.axis_names, mesh.axis_types)
-              if t == jax.sharding.AxisType.Manual}
+    manual = {
+        a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Manual
+    }
     spec = P(names)
-    fn = jax.shard_map(lambda x: _fft_mix_local(x, mode), in_specs=spec, out_specs=spec,
-                       axis_names=set(mesh.axis_names) - manual)
+    fn = jax.shard_map(
+        lambda x: _fft_mix_local(x, mode),
+        in_specs=spec,
+        out_specs=spec,
+        axis_names=set(mesh.axis_names) - manual,
+    )
     return fn(x_bld)
 
 
@@ -189,15 +195,25 @@ class SpectralAttention(nn.Module):
 
     def _lora(self, name: str, x: jax.Array, head_dim: int) -> jax.Array:
         """D10 attention LoRA, in parallel to the Q or K projection (zero at init)."""
-        return lora_lib.make_adapter(self.lora_kind, (self.num_heads, head_dim), self.lora_rank,
-                                     (axes.HEADS, axes.KV), alpha=self.lora_alpha,
-                                     dtype=self.dtype, param_dtype=self.param_dtype,
-                                     name=name)(x)
+        return lora_lib.make_adapter(
+            self.lora_kind,
+            (self.num_heads, head_dim),
+            self.lora_rank,
+            (axes.HEADS, axes.KV),
+            alpha=self.lora_alpha,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )(x)
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array | None = None,
-                 context_mask: jax.Array | None = None,
-                 rope: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+        rope: jax.Array | None = None,
+    ) -> jax.Array:
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -206,18 +222,26 @@ class SpectralAttention(nn.Module):
         x_freq = spectral_mix(x, self.spectral)  # Eq. 2 / Eq. 4: Re fft2D
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if context is None:
-            qkv = Projection((3, self.num_heads, head_dim),
-                             (axes.EMBED, None, axes.HEADS, axes.KV), **dense, name="qkv")(x_freq)
+            qkv = Projection(
+                (3, self.num_heads, head_dim),
+                (axes.EMBED, None, axes.HEADS, axes.KV),
+                **dense,
+                name="qkv",
+            )(x_freq)
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
             if self.lora_rank:
                 q = q + self._lora("q_lora", x_freq, head_dim)
                 k = k + self._lora("k_lora", x_freq, head_dim)
         else:
-            q = Projection((self.num_heads, head_dim), (axes.EMBED, axes.HEADS, axes.KV),
-                           **dense, name="q")(x_freq)
-            kv = Projection((2, self.num_heads, head_dim),
-                            (axes.EMBED, None, axes.HEADS, axes.KV), **dense,
-                            name="kv")(context)
+            q = Projection(
+                (self.num_heads, head_dim), (axes.EMBED, axes.HEADS, axes.KV), **dense, name="q"
+            )(x_freq)
+            kv = Projection(
+                (2, self.num_heads, head_dim),
+                (axes.EMBED, None, axes.HEADS, axes.KV),
+                **dense,
+                name="kv",
+            )(context)
             k, v = kv[:, :, 0], kv[:, :, 1]
             if self.lora_rank:
                 q = q + self._lora("q_lora", x_freq, head_dim)
@@ -230,7 +254,8 @@ class SpectralAttention(nn.Module):
         mask = None if context_mask is None else context_mask[:, None, None, :]
         out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         out = nn.with_logical_constraint(out, qkv_names)
-        out = Projection((width,), (axes.HEADS, axes.KV, axes.EMBED), num_in=2, **dense,
-                         name="out")(out)
+        out = Projection(
+            (width,), (axes.HEADS, axes.KV, axes.EMBED), num_in=2, **dense, name="out"
+        )(out)
         out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.EMBED))
         return spectral_mix(out, self.spectral)  # Eq. 3 / Eq. 5: Re ifft2D

@@ -69,15 +69,23 @@ class ConditionEmbedding(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def _mlp(self, x: jax.Array, name: str) -> jax.Array:
-        x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=partitioned(dense_init(0.02), (axes.MLP, axes.EMBED)),
-                     bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
-                     name=f"{name}_in")(x)
+        x = nn.Dense(
+            self.width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(0.02), (axes.MLP, axes.EMBED)),
+            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+            name=f"{name}_in",
+        )(x)
         x = nn.silu(x)
-        return nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=partitioned(dense_init(0.02), (axes.MLP, axes.EMBED)),
-                        bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
-                        name=f"{name}_out")(x)
+        return nn.Dense(
+            self.width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(0.02), (axes.MLP, axes.EMBED)),
+            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+            name=f"{name}_out",
+        )(x)
 
     @nn.compact
     def __call__(self, t: jax.Array, fps: jax.Array) -> jax.Array:
@@ -113,8 +121,9 @@ class Projection(nn.Module):
         in_shape = x.shape[x.ndim - self.num_in :]
         shape = tuple(in_shape) + tuple(self.features)
         if len(self.names) != len(shape):
-            raise ValueError(f"need {len(shape)} logical names for kernel {shape}, "
-                             f"got {self.names}")
+            raise ValueError(
+                f"need {len(shape)} logical names for kernel {shape}, got {self.names}"
+            )
         fan_in = math.prod(in_shape)
 
         def init(key, shape, dtype):
@@ -124,12 +133,18 @@ class Projection(nn.Module):
 
         kernel = self.param("kernel", partitioned(init, self.names), shape, self.param_dtype)
         contract = tuple(range(x.ndim - self.num_in, x.ndim))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                                ((contract, tuple(range(self.num_in))), ((), ())))
+        y = jax.lax.dot_general(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            ((contract, tuple(range(self.num_in))), ((), ())),
+        )
         if self.use_bias:
-            bias = self.param("bias", partitioned(nn.initializers.zeros,
-                                                  self.names[self.num_in :]),
-                              tuple(self.features), self.param_dtype)
+            bias = self.param(
+                "bias",
+                partitioned(nn.initializers.zeros, self.names[self.num_in :]),
+                tuple(self.features),
+                self.param_dtype,
+            )
             y = y + bias.astype(self.dtype)
         return y
 
@@ -158,9 +173,15 @@ class AdaLNModulation(nn.Module):
 
     @nn.compact
     def __call__(self, cond: jax.Array) -> jax.Array:
-        mod = Projection((self.num, self.width), (axes.EMBED, None, axes.MLP),
-                         kernel_init=dense_init(0.02), use_bias=True, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="proj")(nn.silu(cond))
+        mod = Projection(
+            (self.num, self.width),
+            (axes.EMBED, None, axes.MLP),
+            kernel_init=dense_init(0.02),
+            use_bias=True,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="proj",
+        )(nn.silu(cond))
         return mod.astype(jnp.float32)
 
 
@@ -206,20 +227,34 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         hidden = int(self.width * self.mlp_ratio)
-        h = nn.Dense(hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=partitioned(dense_init(), (axes.EMBED, axes.MLP)),
-                     bias_init=partitioned(nn.initializers.zeros, (axes.MLP,)),
-                     name="wi")(x)
+        h = nn.Dense(
+            hidden,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(), (axes.EMBED, axes.MLP)),
+            bias_init=partitioned(nn.initializers.zeros, (axes.MLP,)),
+            name="wi",
+        )(x)
         h = nn.with_logical_constraint(h, (axes.BATCH, axes.LENGTH, axes.MLP))
         # tanh-GELU: XLA fuses it into the matmul epilogue; erf-GELU is slower on CPU.
         h = nn.gelu(h, approximate=True)
-        y = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
-                     bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
-                     name="wo")(h)
+        y = nn.Dense(
+            self.width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
+            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+            name="wo",
+        )(h)
         if self.lora_rank:
-            y = y + lora_lib.make_adapter(self.lora_kind, (self.width,), self.lora_rank,
-                                          (axes.EMBED,), alpha=self.lora_alpha,
-                                          dtype=self.dtype, param_dtype=self.param_dtype,
-                                          name="out_lora")(y)
+            y = y + lora_lib.make_adapter(
+                self.lora_kind,
+                (self.width,),
+                self.lora_rank,
+                (axes.EMBED,),
+                alpha=self.lora_alpha,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="out_lora",
+            )(y)
         return y

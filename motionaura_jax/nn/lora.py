@@ -56,10 +56,18 @@ class Adapter(nn.Module):
         width = x.shape[-1]
         if not 0 < self.rank < width:
             raise ValueError(f"LoRA rank must be in (0, {width}), got {self.rank}")
-        down = self.param("down", _partitioned(nn.initializers.lecun_normal(), (axes.EMBED, None)),
-                          (width, self.rank), self.param_dtype)
-        up = self.param("up", _partitioned(nn.initializers.zeros, (None, *self.out_names)),
-                        (self.rank, *self.features), self.param_dtype)
+        down = self.param(
+            "down",
+            _partitioned(nn.initializers.lecun_normal(), (axes.EMBED, None)),
+            (width, self.rank),
+            self.param_dtype,
+        )
+        up = self.param(
+            "up",
+            _partitioned(nn.initializers.zeros, (None, *self.out_names)),
+            (self.rank, *self.features),
+            self.param_dtype,
+        )
         h = jax.nn.gelu(x.astype(self.dtype) @ down.astype(self.dtype))
         return jnp.tensordot(h, up.astype(self.dtype), axes=1)
 
@@ -79,18 +87,33 @@ class LinearLoRA(nn.Module):
         width = x.shape[-1]
         if not 0 < self.rank < width:
             raise ValueError(f"LoRA rank must be in (0, {width}), got {self.rank}")
-        a = self.param("a", _partitioned(nn.initializers.lecun_normal(), (axes.EMBED, None)),
-                       (width, self.rank), self.param_dtype)
-        b = self.param("b", _partitioned(nn.initializers.zeros, (None, *self.out_names)),
-                       (self.rank, *self.features), self.param_dtype)
+        a = self.param(
+            "a",
+            _partitioned(nn.initializers.lecun_normal(), (axes.EMBED, None)),
+            (width, self.rank),
+            self.param_dtype,
+        )
+        b = self.param(
+            "b",
+            _partitioned(nn.initializers.zeros, (None, *self.out_names)),
+            (self.rank, *self.features),
+            self.param_dtype,
+        )
         h = x.astype(self.dtype) @ a.astype(self.dtype)
         return jnp.tensordot(h, b.astype(self.dtype), axes=1) * (self.alpha / self.rank)
 
 
-def make_adapter(kind: str, features: tuple[int, ...], rank: int,
-                 out_names: tuple[str | None, ...], *, alpha: float = 1.0,
-                 dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-                 name: str | None = None) -> nn.Module:
+def make_adapter(
+    kind: str,
+    features: tuple[int, ...],
+    rank: int,
+    out_names: tuple[str | None, ...],
+    *,
+    alpha: float = 1.0,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Module:
     """The adapter of `kind` ('adapter' = the paper's GELU adapter, 'linear' = LoRA)."""
     if kind == "adapter":
         return Adapter(features, rank, out_names, dtype, param_dtype, name=name)
@@ -106,8 +129,7 @@ def linear_delta(lora_params: PyTree, alpha: float) -> jax.Array:
     return jnp.tensordot(a, b, axes=1) * (alpha / rank)
 
 
-def redraw_down_from_base(lora_params: PyTree, base_kernel: jax.Array,
-                          rng: jax.Array) -> PyTree:
+def redraw_down_from_base(lora_params: PyTree, base_kernel: jax.Array, rng: jax.Array) -> PyTree:
     """Redraws an adapter's `down` from N(mean, std) of the (trained) base kernel (D10).
 
     Called after the base checkpoint is loaded: at `init` the base weights are random, so
