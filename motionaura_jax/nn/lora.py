@@ -36,6 +36,28 @@ def _partitioned(init, names):
     return nn.with_logical_partitioning(init, names)
 
 
+def _low_rank_factors(
+    module: nn.Module, width: int, names: tuple[str, str]
+) -> tuple[jax.Array, jax.Array]:
+    """The (D, rank) input factor and the zero (rank, *features) output factor."""
+    rank = module.rank
+    if not 0 < rank < width:
+        raise ValueError(f"LoRA rank must be in (0, {width}), got {rank}")
+    first = module.param(
+        names[0],
+        _partitioned(nn.initializers.lecun_normal(), (axes.EMBED, None)),
+        (width, rank),
+        module.param_dtype,
+    )
+    second = module.param(
+        names[1],
+        _partitioned(nn.initializers.zeros, (None, *module.out_names)),
+        (rank, *module.features),
+        module.param_dtype,
+    )
+    return first.astype(module.dtype), second.astype(module.dtype)
+
+
 class Adapter(nn.Module):
     """`W_up(GELU(W_down x))` from (..., D) to (..., *features); zero at initialisation.
 
@@ -53,23 +75,9 @@ class Adapter(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        width = x.shape[-1]
-        if not 0 < self.rank < width:
-            raise ValueError(f"LoRA rank must be in (0, {width}), got {self.rank}")
-        down = self.param(
-            "down",
-            _partitioned(nn.initializers.lecun_normal(), (axes.EMBED, None)),
-            (width, self.rank),
-            self.param_dtype,
-        )
-        up = self.param(
-            "up",
-            _partitioned(nn.initializers.zeros, (None, *self.out_names)),
-            (self.rank, *self.features),
-            self.param_dtype,
-        )
-        h = jax.nn.gelu(x.astype(self.dtype) @ down.astype(self.dtype))
-        return jnp.tensordot(h, up.astype(self.dtype), axes=1)
+        down, up = _low_rank_factors(self, x.shape[-1], ("down", "up"))
+        h = jax.nn.gelu(x.astype(self.dtype) @ down)
+        return jnp.tensordot(h, up, axes=1)
 
 
 class LinearLoRA(nn.Module):
@@ -84,23 +92,8 @@ class LinearLoRA(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        width = x.shape[-1]
-        if not 0 < self.rank < width:
-            raise ValueError(f"LoRA rank must be in (0, {width}), got {self.rank}")
-        a = self.param(
-            "a",
-            _partitioned(nn.initializers.lecun_normal(), (axes.EMBED, None)),
-            (width, self.rank),
-            self.param_dtype,
-        )
-        b = self.param(
-            "b",
-            _partitioned(nn.initializers.zeros, (None, *self.out_names)),
-            (self.rank, *self.features),
-            self.param_dtype,
-        )
-        h = x.astype(self.dtype) @ a.astype(self.dtype)
-        return jnp.tensordot(h, b.astype(self.dtype), axes=1) * (self.alpha / self.rank)
+        a, b = _low_rank_factors(self, x.shape[-1], ("a", "b"))
+        return jnp.tensordot(x.astype(self.dtype) @ a, b, axes=1) * (self.alpha / self.rank)
 
 
 def make_adapter(
