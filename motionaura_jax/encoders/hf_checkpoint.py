@@ -14,9 +14,20 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import jax
 import ml_dtypes
 import numpy as np
 from safetensors import safe_open
+
+# Hugging Face `hidden_act` / `feed_forward_proj` activation names, shared by T5 and SigLIP.
+HF_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+}
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

@@ -22,16 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from motionaura_jax.encoders.hf_checkpoint import HF_ACTIVATIONS
 from motionaura_jax.nn.layers import Projection
 from motionaura_jax.parallel import axes
-
-_ACTIVATIONS = {
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +43,10 @@ class SiglipVisionConfig:
     vision_use_head: bool = True
 
     def __post_init__(self):
-        if self.hidden_act not in _ACTIVATIONS:
+        if self.hidden_act not in HF_ACTIVATIONS:
             raise ValueError(
                 f"hidden_act={self.hidden_act!r} is not supported; use one of "
-                f"{sorted(_ACTIVATIONS)}"
+                f"{sorted(HF_ACTIVATIONS)}"
             )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -144,7 +137,7 @@ class SiglipMLP(nn.Module):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = _dense(cfg.intermediate_size, (axes.EMBED, axes.MLP), name="fc1", **kw)(x)
-        h = _ACTIVATIONS[cfg.hidden_act](h)
+        h = HF_ACTIVATIONS[cfg.hidden_act](h)
         return _dense(cfg.hidden_size, (axes.MLP, axes.EMBED), name="fc2", **kw)(h)
 
 

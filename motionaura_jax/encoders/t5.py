@@ -28,16 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from motionaura_jax.encoders.hf_checkpoint import HF_ACTIVATIONS
 from motionaura_jax.nn.layers import Projection
 from motionaura_jax.parallel import axes
-
-_ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "silu": jax.nn.silu,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +52,7 @@ class T5Config:
 
     def __post_init__(self):
         act = self.activation
-        if act not in _ACTIVATIONS:
+        if act not in HF_ACTIVATIONS:
             raise ValueError(
                 f"feed_forward_proj={self.feed_forward_proj!r} is not supported; use one of "
                 f"'relu', 'gated-gelu', 'gelu', 'gated-silu'"
@@ -201,7 +194,7 @@ class T5FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        act = _ACTIVATIONS[cfg.activation]
+        act = HF_ACTIVATIONS[cfg.activation]
 
         def dense(name, features, std, names):
             return nn.Dense(
