@@ -145,3 +145,24 @@ def test_mfi_loss_falls_on_fixed_batch():
         trainable, state, loss = step(trainable, state)
         first = float(loss) if first is None else first
     assert float(loss) < 0.5 * first, (first, float(loss))
+
+
+def test_time_only_downsampler_gives_8x_layout_and_streams():
+    """`spatial_down=(True, False)` (the toy's 8x layout): the second downsampler halves
+    only T, the decoder mirrors it, and the chunked path still equals the full clip."""
+    model = build_tokenizer({**TINY, "depths": (0, 0, 0), "spatial_down": (True, False)})
+    assert (model.spatial_factor, model.temporal_factor) == (8, 4)
+    v = _video(9, b=1, seed=4)
+    params = jax.jit(model.init)(KEY, v)
+    idx, _ = jax.jit(lambda p, x: model.apply(p, x, method=VideoTokenizer.encode))(params, v)
+    assert idx.shape == (1, 3, 4, 4)
+    video = jax.jit(lambda p, i: model.apply(p, i, method=VideoTokenizer.decode))(params, idx)
+    assert video.shape == (1, 9, 32, 32, 3)
+    np.testing.assert_array_equal(
+        streaming.encode_chunked(model, params["params"], v, chunk_latents=1), idx
+    )
+    np.testing.assert_allclose(
+        streaming.decode_chunked(model, params["params"], idx, chunk_latents=1), video, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="spatial_down needs 2 entries"):
+        build_tokenizer({**TINY, "spatial_down": (True,)})

@@ -51,23 +51,31 @@ def _block_cls(kind: str, remat: bool) -> type[nn.Module]:
     return nn.remat(cls) if remat else cls
 
 
+def all_or(flags: Sequence[bool], n: int) -> tuple[bool, ...]:
+    """`flags` as a tuple, or n x True when empty (every downsampler also halves space)."""
+    return tuple(bool(f) for f in flags) if len(flags) else (True,) * n
+
+
 def stage_kinds(depth: int) -> tuple[str, ...]:
     """Block kinds of a stage: MB and Inception-Fused-MB alternate, MB first (B.1)."""
     return tuple("mb" if i % 2 == 0 else "inception" for i in range(depth))
 
 
 class Downsample3D(nn.Module):
-    """norm -> SiLU -> strided causal 3x3x3 conv. Temporal stride 2 maps 1 + 2m -> 1 + m."""
+    """norm -> SiLU -> strided causal 3x3x3 conv. Temporal stride 2 maps 1 + 2m -> 1 + m;
+    `spatial=False` keeps H and W (a time-only downsampler, the CPU toy's 8x layout)."""
 
     features: int
     temporal: bool
+    spatial: bool = True
     conv_impl: str | None = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
         x = nn.silu(FrameGroupNorm(dtype=self.dtype, name="norm")(x_bthwc))
-        strides = (2 if self.temporal else 1, 2, 2)
+        s = 2 if self.spatial else 1
+        strides = (2 if self.temporal else 1, s, s)
         return CausalConv3D(
             self.features, (3, 3, 3), strides, dtype=self.dtype, impl=self.conv_impl, name="conv"
         )(x)
@@ -77,17 +85,20 @@ class Upsample3D(nn.Module):
     """norm -> SiLU -> nearest 2x in space -> causal 3x3x3 conv; if `temporal`, the conv
     makes 2x channels that become 2 frames each (depth-to-time) and the first frame is
     dropped, so 1 + m -> 1 + 2m frames and output frame t sees latent frames <= ceil(t/2).
-    In streaming mode only the first chunk drops a frame (m -> 2m afterwards)."""
+    In streaming mode only the first chunk drops a frame (m -> 2m afterwards).
+    `spatial=False` skips the 2x in space (mirrors a time-only `Downsample3D`)."""
 
     features: int
     temporal: bool
+    spatial: bool = True
     conv_impl: str | None = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
         x = nn.silu(FrameGroupNorm(dtype=self.dtype, name="norm")(x_bthwc))
-        x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+        if self.spatial:
+            x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
         mult = 2 if self.temporal else 1
         x = CausalConv3D(
             self.features * mult, (3, 3, 3), dtype=self.dtype, impl=self.conv_impl, name="conv"
@@ -113,6 +124,7 @@ class Encoder(nn.Module):
       depths: blocks per stage; the default (2, 2, 2, 3) puts the temporal downsamplers
         at blocks 6 and 9 (B.1.4).
       temporal_down: which of the downsamplers (after stages 1 .. n-1) also halve T.
+      spatial_down: which of them halve H and W (empty = all, the paper's layout).
       stem_stride: spatial stride of the stem: 2 with a (1, 3, 3) kernel (B.1.1), or
         e.g. 4 with a (1, 4, 4) patchify kernel (space-to-depth, the CPU toy).
       expansion: MB expansion ratio (B.1.3: 4).
@@ -124,6 +136,7 @@ class Encoder(nn.Module):
     widths: Sequence[int] = (128, 256, 512, 512)
     depths: Sequence[int] = (2, 2, 2, 3)
     temporal_down: Sequence[bool] = (False, True, True)
+    spatial_down: Sequence[bool] = ()
     stem_stride: int = 2
     expansion: int = 4
     depthwise_impl: str | None = None
@@ -157,6 +170,7 @@ class Encoder(nn.Module):
                 x = Downsample3D(
                     self.widths[s + 1],
                     self.temporal_down[s],
+                    spatial=all_or(self.spatial_down, len(self.temporal_down))[s],
                     conv_impl=self.conv_impl,
                     dtype=self.dtype,
                     name=f"down{s + 1}",
@@ -181,6 +195,7 @@ class Decoder(nn.Module):
     widths: Sequence[int] = (128, 256, 512, 512)
     depths: Sequence[int] = (2, 2, 2, 3)
     temporal_up: Sequence[bool] = (False, True, True)
+    spatial_up: Sequence[bool] = ()
     out_stride: int = 2
     expansion: int = 4
     depthwise_impl: str | None = None
@@ -209,6 +224,7 @@ class Decoder(nn.Module):
                 x = Upsample3D(
                     self.widths[s - 1],
                     self.temporal_up[s - 1],
+                    spatial=all_or(self.spatial_up, len(self.temporal_up))[s - 1],
                     conv_impl=self.conv_impl,
                     dtype=self.dtype,
                     name=f"up{s}",

@@ -21,7 +21,7 @@ import ml_collections
 
 from motionaura_jax.nn.conv3d import channel_axis
 from motionaura_jax.parallel import axes
-from motionaura_jax.tokenizer.autoencoder import Decoder, Encoder
+from motionaura_jax.tokenizer.autoencoder import Decoder, Encoder, all_or
 from motionaura_jax.tokenizer.quantizers import make_quantizer
 
 
@@ -102,8 +102,9 @@ class VideoTokenizer(nn.Module):
 
     @property
     def spatial_factor(self) -> int:
-        # stem stride, then one 2x per downsampler
-        return self.encoder.stem_stride * 2 ** (len(self.encoder.widths) - 1)
+        # stem stride, then one 2x per downsampler that halves space
+        enc = self.encoder
+        return enc.stem_stride * 2 ** sum(all_or(enc.spatial_down, len(enc.temporal_down)))
 
     @property
     def codebook_size(self) -> int:
@@ -158,9 +159,9 @@ def build_tokenizer(model: ml_collections.ConfigDict | Mapping[str, Any]) -> Vid
     """Build a `VideoTokenizer` from the `model` config section (`configs/tokenizer.py`).
 
     Fields: latent_dim, stem_width, widths, depths, decoder_widths, decoder_depths,
-    temporal_down, stem_stride (default 2), expansion (default 4), depthwise_impl and
-    conv_impl ('' = per backend), remat, dtype, mfi_hidden (0 = no head) and quantizer
-    (a section with `name` plus that quantizer's fields).
+    temporal_down, spatial_down (empty = all True), stem_stride (default 2), expansion
+    (default 4), depthwise_impl and conv_impl ('' = per backend), remat, dtype,
+    mfi_hidden (0 = no head) and quantizer (a section with `name` plus its fields).
     """
     m = dict(model)
     dtype = _DTYPES[m.get("dtype", "float32")]
@@ -173,12 +174,18 @@ def build_tokenizer(model: ml_collections.ConfigDict | Mapping[str, Any]) -> Vid
     temporal = tuple(bool(t) for t in m.get("temporal_down", (False, True, True)))
     if len(temporal) != len(widths) - 1:
         raise ValueError(f"temporal_down needs {len(widths) - 1} entries, got {temporal}")
+    spatial = tuple(bool(s) for s in m.get("spatial_down", ()))
+    if spatial and len(spatial) != len(widths) - 1:
+        raise ValueError(
+            f"spatial_down needs {len(widths) - 1} entries (or none: all True), got {spatial}"
+        )
     encoder = Encoder(
         latent_dim=m["latent_dim"],
         stem_width=m["stem_width"],
         widths=widths,
         depths=depths,
         temporal_down=temporal,
+        spatial_down=spatial,
         stem_stride=stem_stride,
         expansion=expansion,
         depthwise_impl=impl,
@@ -190,6 +197,7 @@ def build_tokenizer(model: ml_collections.ConfigDict | Mapping[str, Any]) -> Vid
         widths=tuple(m.get("decoder_widths") or widths),
         depths=tuple(m.get("decoder_depths") or depths),
         temporal_up=temporal,
+        spatial_up=spatial,
         out_stride=stem_stride,
         expansion=expansion,
         depthwise_impl=impl,
