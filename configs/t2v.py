@@ -1,0 +1,178 @@
+"""Stage 2 (`t2v`): the spectral-transformer denoiser on a frozen tokenizer's tokens.
+
+  python launch/train.py --config=configs/t2v.py:toy --workdir=DIR   # after stage 1 in DIR
+
+Variants:
+  toy          shapes on CPU in minutes (needs DIR/tokenizer from configs/tokenizer.py:toy)
+  S, M, L      Table 2 shapes with the paper's schedule (Table 10, D.3; D11): AdamW 1e-5
+               cosine, grad-accum 8, clip 2.5, bf16, mesh 6x8, T5-XXL text (max 256)
+  no_fft       toy without the spectral mixing (the paper's w/o-FFT ablation, D6)
+  hartley      toy with Re - Im of the FFT (invertible; ours)
+  sinusoidal   toy with sinusoidal positions instead of RoPE
+  rope3d       toy with factorised frame/row/column RoPE
+  prenorm      toy with pre-norm residuals instead of Eq. 3's
+  posterior    toy evaluated with the VQ-Diffusion-style posterior sampler
+  online       toy tokenising clips inside the step instead of reading the cache
+  linear_mask  toy with the linear mask schedule instead of the cosine one
+"""
+
+import ml_collections
+
+from configs.common import base_config
+from motionaura_jax.data.config import arrayrecord_config, shapes_config
+from motionaura_jax.encoders.text import text_config
+
+VARIANTS = (
+    "toy",
+    "S",
+    "M",
+    "L",
+    "no_fft",
+    "hartley",
+    "sinusoidal",
+    "rope3d",
+    "prenorm",
+    "posterior",
+    "online",
+    "linear_mask",
+)
+
+# Table 2 (D7): width, heads, blocks.
+_TABLE2 = {"S": (1024, 16, 17), "M": (2048, 16, 28), "L": (4096, 32, 37)}
+_TOY_ABLATIONS = {
+    "no_fft": ("model.spectral", "none"),
+    "hartley": ("model.spectral", "hartley"),
+    "sinusoidal": ("model.pos_emb", "sinusoidal"),
+    "rope3d": ("model.pos_emb", "rope3d"),
+    "prenorm": ("model.residual", "prenorm"),
+    "posterior": ("eval.sampler", "posterior"),
+    "online": ("tokens.source", "online"),
+    "linear_mask": ("diffusion.schedule", "linear"),
+}
+
+
+def _model(width: int, heads: int, depth: int) -> ml_collections.ConfigDict:
+    """`SpectralTransformer` fields, 1:1 (denoiser/model.py)."""
+    return ml_collections.ConfigDict(
+        dict(
+            vocab_size=0,  # 0: the tokenizer's codebook size
+            width=width,
+            num_heads=heads,
+            depth=depth,
+            mlp_ratio=4.0,
+            text_dim=0,  # 0: the text encoder's width
+            spectral="real",  # real | none | hartley (D6)
+            pos_emb="rope",  # rope | sinusoidal | rope3d
+            residual="paper",  # paper (Eq. 3) | prenorm
+            scan_layers=True,
+            remat="none",  # none | full | dots
+            time_emb_dim=512,  # Table 10
+            rope_base=10_000.0,
+            default_fps=8.0,
+            dtype="float32",
+            param_dtype="float32",
+            logits_dtype="float32",
+        )
+    )
+
+
+def _common() -> ml_collections.ConfigDict:
+    c = base_config("t2v")
+    # Stage-1 folder (DIR/tokenizer, or an export); "" = <workdir>/tokenizer.
+    c.tokenizer_dir = ""
+    c.tokenizer_step = -1  # -1: the latest finished checkpoint
+    c.tokens = ml_collections.ConfigDict(
+        dict(
+            source="cache",  # cache (tools/tokenize_dataset.py) | online (encode in the step)
+            cache_path="",  # "" = <workdir>/t2v_tokens.npz
+            build_cache=False,  # write a missing cache at start-up (single host)
+            cache_clips=20_000,  # clips of the train split that build_cache tokenizes
+        )
+    )
+    c.diffusion = ml_collections.ConfigDict(
+        dict(
+            schedule="cosine",  # D8: gamma(t)
+            num_steps=0,  # 0: continuous t; 30 = Table 10's discrete schedule
+            p_uncond=0.1,  # CFG text dropout (D8)
+            label_smoothing=0.0,
+        )
+    )
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            num_prompts=64,  # held-out captions, one clip each
+            batch_size=64,
+            split="eval",
+            steps=10,  # D8: 10 sampling steps at inference
+            cfg_scale=10.0,  # l_u + s (l_c - l_u); < 0: the conditional model alone
+            sampler="maskgit",  # maskgit | posterior
+            temperature=1.0,
+            choice_temperature=4.5,
+            seed=0,
+            reference=False,  # also score the tokenizer's reconstructions (the ceiling)
+        )
+    )
+    return c
+
+
+def _toy() -> ml_collections.ConfigDict:
+    c = _common()
+    c.data = shapes_config()  # 9 x 64 x 64 clips; the token grid follows the tokenizer
+    c.tokens.build_cache = True  # DIR/t2v_tokens.npz, written once per tokenizer
+    c.tokens.cache_clips = 6000
+    c.text = text_config("builtin", max_length=72)  # longest toy caption: 66 bytes + EOS
+    # On CPU the 12,800-way head and its softmax cost as much as the blocks: keep the
+    # width small and spend the budget on steps.
+    c.model = _model(width=128, heads=4, depth=4)
+    c.optimizer.update(
+        lr=1e-3, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, end_lr_ratio=0.05
+    )
+    c.train.update(
+        num_steps=1200, batch_size=32, log_every=50, checkpoint_every=400, max_seconds=840.0
+    )
+    c.eval.cfg_scale = 3.0
+    return c
+
+
+def _paper(name: str) -> ml_collections.ConfigDict:
+    width, heads, depth = _TABLE2[name]
+    c = _common()
+    c.data = arrayrecord_config()  # shards from tools/videos_to_arrayrecord.py (WebVid)
+    c.data.frames, c.data.height, c.data.width = 17, 256, 256  # 16 frames (D.3) as 1 + 4k
+    c.tokens.source = "online"
+    c.text = text_config("t5", max_length=256)  # T5-XXL, Table 10; set text.path
+    c.text.dtype = "bfloat16"
+    c.model = _model(width, heads, depth)
+    c.model.update(dtype="bfloat16", remat="full" if name != "S" else "dots")
+    c.mesh.update(data=6, fsdp=8, tensor=1)  # 6 x 8 A100 (Table 10)
+    # Table 10: AdamW 1e-5, cosine, grad-accum 8, 3 per GPU, clip 2.5, 30 diffusion steps.
+    c.optimizer.update(
+        name="adamw",
+        lr=1e-5,
+        schedule="cosine",
+        warmup_steps=1000,
+        weight_decay=0.01,
+        clip_norm=2.5,
+        grad_accum=8,
+    )
+    c.diffusion.num_steps = 30
+    c.eval.num_prompts = 0  # the caption oracle only reads `shapes` clips
+    c.train.update(
+        num_steps=120_000, batch_size=3 * 48 * 8, log_every=50, checkpoint_every=2000, eval_every=0
+    )
+    return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg` is one of `VARIANTS` (default "toy")."""
+    arg = arg or "toy"
+    if arg == "toy":
+        return _toy()
+    if arg in _TABLE2:
+        return _paper(arg)
+    if arg in _TOY_ABLATIONS:
+        c = _toy()
+        key, value = _TOY_ABLATIONS[arg]
+        section, field = key.split(".")
+        c[section][field] = value
+        return c
+    raise ValueError(f"unknown t2v variant {arg!r}; use one of {VARIANTS}")

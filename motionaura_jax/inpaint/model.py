@@ -1,0 +1,256 @@
+"""The stage-3 denoiser: a frozen t2v `SpectralTransformer` with LoRA, fed z_t, z_m and a sketch.
+
+Sequence (Sec. 4, Fig. 5; D10): `embed(flatten(z_t)) ++ embed'(flatten(z_m)) ++ MLP(SigLIP(s))`
+where `embed` is the base's (frozen) token table and `embed'` a new, trainable table for
+the masked-video tokens (so the denoiser can tell the two token streams apart), and the
+sketch tokens come from `sketch.SketchProjector`. Logits are returned for the z_t
+positions only (the loss is on z_t, D10). Text cross-attention is the base's.
+
+Parameters of `InpaintDenoiser` are `{'base': <SpectralTransformer params incl. LoRA>,
+'masked_embed': (rows, D), 'sketch_mlp': {...}}`. Only the LoRA adapters (every module
+whose name ends in `_lora`), `masked_embed` and `sketch_mlp` are trained:
+`split_trainable` / `merge_params` move between the full tree and (trainable, frozen
+base), which is what lets the stage's `init` return the trainable parameters alone (the
+optimizer then holds state for them only) while the base lives in `Stage.frozen`.
+
+`down_statistics` + `redraw_downs` implement D10's "W_down drawn from the base layer's
+weight statistics": the (mean, std) of each adapted base kernel (per block), measured on
+the loaded t2v checkpoint, replace the random init of every adapter's `down`.
+`merge_linear_lora` folds plain linear LoRA into the base kernels for export.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from motionaura_jax.denoiser.model import SpectralTransformer
+from motionaura_jax.inpaint.sketch import SketchProjector
+from motionaura_jax.nn import lora as lora_lib
+from motionaura_jax.nn.layers import partitioned
+from motionaura_jax.parallel import axes
+
+PyTree = Any
+LORA_SUFFIX = "_lora"
+# Adapter name -> (base kernel name in the same parent module, slot of a fused kernel's
+# second axis or None). Self-attention has one fused qkv kernel (D, 3, H, Dh); cross-
+# attention a q kernel and a fused kv kernel (D, 2, H, Dh); the FF adapter reads `wo`'s output.
+_ADAPTED = {
+    ("self_attn", "q_lora"): ("qkv", 0),
+    ("self_attn", "k_lora"): ("qkv", 1),
+    ("cross_attn", "q_lora"): ("q", None),
+    ("cross_attn", "k_lora"): ("kv", 0),
+    ("mlp", "out_lora"): ("wo", None),
+}
+
+
+class InpaintDenoiser(nn.Module):
+    """z_t, z_m, sketch features, t, text -> logits over the z_t positions (D10).
+
+    Attributes:
+      base: the t2v `SpectralTransformer` with `lora_rank > 0` (its fields = the t2v config).
+      sketch_hidden: hidden width of the sketch MLP (0 = the denoiser's width).
+
+    Call args:
+      z_t: (B, n, h, w) int32 in [0, K] (K = [MASK]); z_m: (B, n, h, w) int32 in [0, K).
+      sketch_feats: (B, P, D_s) SigLIP patch features.
+      t: (B,); text: (B, S, Dt); text_mask: (B, S) bool; fps: (B,); drop_text: (B,) bool.
+    Returns:
+      (B, n * h * w, K) logits.
+    """
+
+    base: SpectralTransformer
+    sketch_hidden: int = 0
+
+    @nn.compact
+    def __call__(self, z_t, z_m, sketch_feats, t, text, text_mask=None, fps=None, drop_text=None):
+        base = self.base
+        b = z_t.shape[0]
+        rows = -(-(base.vocab_size + 1) // 128) * 128  # the base table's padded rows
+        table = self.param(
+            "masked_embed",
+            partitioned(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
+            (rows, base.width),
+            base.param_dtype,
+        )
+        zm = jnp.take(table, z_m.reshape(b, -1), axis=0).astype(base.dtype)
+        sketch = SketchProjector(
+            base.width, self.sketch_hidden, base.dtype, base.param_dtype, name="sketch_mlp"
+        )(sketch_feats.astype(base.dtype))
+        extra = jnp.concatenate([zm, sketch.astype(base.dtype)], axis=1)
+        return base(
+            z_t, t, text, text_mask=text_mask, fps=fps, drop_text=drop_text, extra_embeds=extra
+        )
+
+
+def _is_box(x: Any) -> bool:
+    return isinstance(x, nn.meta.AxisMetadata)
+
+
+def _is_trainable(path: tuple[str, ...]) -> bool:
+    return path[0] != "base" or any(name.endswith(LORA_SUFFIX) for name in path)
+
+
+def _filter(tree: dict, keep, prefix: tuple[str, ...] = ()) -> dict:
+    out = {}
+    for key, value in tree.items():
+        path = (*prefix, key)
+        if isinstance(value, dict):
+            sub = _filter(value, keep, path)
+            if sub:
+                out[key] = sub
+        elif keep(path):
+            out[key] = value
+    return out
+
+
+def split_trainable(full: PyTree) -> tuple[PyTree, PyTree]:
+    """Full `InpaintDenoiser` params -> (trainable, frozen base params without LoRA)."""
+    full = jax.tree.map(lambda x: x, full, is_leaf=_is_box)  # plain dicts (FrozenDict-safe)
+    full = _as_dict(full)
+    trainable = _filter(full, _is_trainable)
+    base = _filter(full["base"], lambda p: not _is_trainable(("base", *p)))
+    return trainable, base
+
+
+def _as_dict(tree: Any) -> Any:
+    if isinstance(tree, dict) or hasattr(tree, "items") and not _is_box(tree):
+        return {k: _as_dict(v) for k, v in tree.items()}
+    return tree
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _deep_merge(out[key], value) if key in out and isinstance(value, dict) else value
+    return out
+
+
+def merge_params(trainable: PyTree, base: PyTree) -> PyTree:
+    """(trainable, frozen base) -> the full `InpaintDenoiser` params tree."""
+    trainable = _as_dict(trainable)
+    return {**trainable, "base": _deep_merge(_as_dict(base), trainable.get("base", {}))}
+
+
+def iter_adapters(tree: dict, prefix: tuple[str, ...] = ()):
+    """Yields (path, adapter params) of every `*_lora` module in a params tree."""
+    for key, value in tree.items():
+        if not isinstance(value, dict):
+            continue
+        if key.endswith(LORA_SUFFIX):
+            yield (*prefix, key), value
+        else:
+            yield from iter_adapters(value, (*prefix, key))
+
+
+def _base_kernel(base: dict, path: tuple[str, ...]) -> np.ndarray:
+    """The base kernel an adapter at `path` (relative to the denoiser) adapts."""
+    parent, name = path[-2], path[-1]
+    if (parent, name) not in _ADAPTED:
+        raise KeyError(f"no base kernel known for the adapter {'/'.join(path)}")
+    kernel_name, slot = _ADAPTED[(parent, name)]
+    node = base
+    for key in path[:-1]:
+        node = node[key]
+    kernel = np.asarray(node[kernel_name]["kernel"], np.float32)
+    if slot is None:
+        return kernel
+    # A scanned stack has a leading layer axis; the fused axis comes right after D.
+    stacked = kernel.ndim == 5
+    return kernel[:, :, slot] if stacked else kernel[:, slot]
+
+
+def down_statistics(base: PyTree, trainable: PyTree) -> dict[tuple[str, ...], np.ndarray]:
+    """Per adapter (path below `base`), (layers, 2) or (2,) [mean, std] of its base kernel.
+
+    Scanned stacks get one (mean, std) per block: blocks are trained separately, and
+    their weight scales differ.
+    """
+    stats = {}
+    lora_tree = _as_dict(nn.meta.unbox(trainable)).get("base", {})
+    for path, params in iter_adapters(lora_tree):
+        if "down" not in params:
+            continue  # linear LoRA keeps its own init (its `a`), only adapters redraw
+        kernel = _base_kernel(_as_dict(base), path)
+        stacked = params["down"].ndim == 3
+        if stacked:
+            flat = kernel.reshape(kernel.shape[0], -1)
+            stats[path] = np.stack([flat.mean(1), flat.std(1)], axis=1).astype(np.float32)
+        else:
+            stats[path] = np.array([kernel.mean(), kernel.std()], np.float32)
+    return stats
+
+
+def redraw_downs(trainable: PyTree, stats: dict, rng: jax.Array) -> PyTree:
+    """Every adapter's `down` redrawn from N(mean, std) of its base kernel (D10); pure.
+
+    Works on boxed (`nn.Partitioned`) or plain trees; `up` stays 0, so the adapted model
+    still equals the base exactly.
+    """
+    trainable = _as_dict(trainable)
+    for i, (path, mean_std) in enumerate(sorted(stats.items())):
+        node = trainable["base"]
+        for key in path:
+            node = node[key]
+        down = node["down"]
+        value = nn.meta.unbox(down)
+        key = jax.random.fold_in(rng, i)
+        ms = jnp.asarray(mean_std)
+        if value.ndim == 3:  # scanned: (layers, D, rank) with per-layer statistics
+            keys = jax.random.split(key, value.shape[0])
+            shape = value.shape[1:]
+            noise = jax.vmap(lambda k, s=shape: jax.random.normal(k, s, jnp.float32))(keys)
+            fresh = ms[:, 0, None, None] + ms[:, 1, None, None] * noise
+        else:  # the same draw as lora.redraw_down_from_base, from stored statistics
+            fresh = ms[0] + ms[1] * jax.random.normal(key, value.shape, jnp.float32)
+        fresh = fresh.astype(value.dtype)
+        node["down"] = down.replace_boxed(fresh) if _is_box(down) else fresh
+    return trainable
+
+
+def merge_linear_lora(full: PyTree, alpha: float) -> PyTree:
+    """Folds every linear `*_lora` into its base kernel; returns plain base params.
+
+    The result loads into the base `SpectralTransformer` (`lora_rank=0`) and gives the same
+    outputs as the adapted model: parallel Q/K LoRA adds `A B alpha/r` to the Q / K slice
+    of the projection; the sequential FF LoRA `y + y M` (M = A B alpha/r) turns `wo` into
+    `W_o (I + M)` and its bias into `b (I + M)`.
+    """
+    full = _as_dict(nn.meta.unbox(full))
+    base = _filter(full["base"], lambda p: not any(n.endswith(LORA_SUFFIX) for n in p))
+    for path, params in iter_adapters(full["base"]):
+        if "a" not in params:
+            raise ValueError(
+                f"adapter {'/'.join(path)} is a GELU adapter, which cannot be "
+                "merged; only lora.kind='linear' merges into the base"
+            )
+        parent, name = path[-2], path[-1]
+        kernel_name, slot = _ADAPTED[(parent, name)]
+        node = base
+        for key in path[:-1]:
+            node = node[key]
+        stacked = params["a"].ndim == 3
+        delta_fn = lambda a, b: lora_lib.linear_delta({"a": a, "b": b}, alpha)  # noqa: E731
+        delta = (
+            jax.vmap(delta_fn)(params["a"], params["b"])
+            if stacked
+            else delta_fn(params["a"], params["b"])
+        )
+        kernel = jnp.asarray(node[kernel_name]["kernel"])
+        if (parent, name) == ("mlp", "out_lora"):
+            eye = jnp.eye(delta.shape[-1], dtype=delta.dtype)
+            mix = eye + delta
+            node[kernel_name] = {
+                "kernel": jnp.einsum("...hd,...de->...he", kernel, mix),
+                "bias": jnp.einsum("...d,...de->...e", jnp.asarray(node[kernel_name]["bias"]), mix),
+            }
+        elif slot is None:
+            node[kernel_name] = {**node[kernel_name], "kernel": kernel + delta}
+        else:
+            index = (slice(None), slice(None), slot) if stacked else (slice(None), slot)
+            node[kernel_name] = {**node[kernel_name], "kernel": kernel.at[index].add(delta)}
+    return base

@@ -1,0 +1,369 @@
+"""Stage 2, `t2v`: masked discrete diffusion over the tokens of a frozen tokenizer (D8).
+
+`build(config, workdir) -> Stage` wires the spectral transformer (`config.model`), the
+frozen stage-1 tokenizer (`config.tokenizer_dir`, default `<workdir>/tokenizer`), the
+frozen text encoder (`config.text`) and the token source (`config.tokens`: on the fly or
+a pre-tokenised cache, see `t2v_data`). The loss is the masked-token cross-entropy with
+the text dropped for 10% of the clips (classifier-free guidance, D8). `evaluate`
+generates one clip per held-out caption with the sampler (10 steps, CFG), decodes it with
+the tokenizer and scores it with the `shapes` oracle: caption accuracy per attribute.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from motionaura_jax.data import oracle, pipeline
+from motionaura_jax.denoiser import sampling
+from motionaura_jax.denoiser.diffusion import DiffusionConfig, diffusion_loss
+from motionaura_jax.denoiser.model import SpectralTransformer
+from motionaura_jax.encoders.text import TextEncoder
+from motionaura_jax.parallel.rules import TRANSFORMER_RULES
+from motionaura_jax.train import t2v_data
+from motionaura_jax.train.stage import Stage
+
+PyTree = Any
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TOKEN_SOURCES = ("online", "cache")
+ATTRIBUTES = ("color", "shape", "motion")
+
+
+def tokenizer_dir(config: ml_collections.ConfigDict, workdir: str | None) -> str:
+    """The stage-1 folder: `config.tokenizer_dir`, or `<workdir>/tokenizer` when empty."""
+    if config.tokenizer_dir:
+        return os.path.abspath(os.path.expanduser(config.tokenizer_dir))
+    if not workdir:
+        raise ValueError(
+            "config.tokenizer_dir is empty and no workdir was given; pass --workdir (the "
+            "tokenizer is read from <workdir>/tokenizer) or set --config.tokenizer_dir"
+        )
+    return os.path.join(os.path.abspath(workdir), "tokenizer")
+
+
+def cache_path(config: ml_collections.ConfigDict, workdir: str | None) -> str:
+    """The token cache: `config.tokens.cache_path`, or `<workdir>/t2v_tokens.npz`."""
+    if config.tokens.cache_path:
+        return os.path.abspath(os.path.expanduser(config.tokens.cache_path))
+    if not workdir:
+        raise ValueError("tokens.cache_path is empty and no workdir was given; set one of them")
+    return os.path.join(os.path.abspath(workdir), "t2v_tokens.npz")
+
+
+def open_cache(
+    config: ml_collections.ConfigDict,
+    workdir: str | None,
+    tokenizer: t2v_data.FrozenTokenizer,
+    text: TextEncoder,
+) -> t2v_data.TokenCache:
+    """The checked token cache; written first when missing and `tokens.build_cache`."""
+    path = cache_path(config, workdir)
+    if not os.path.isfile(path) and config.tokens.build_cache:
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"token cache {path!r} is missing; on several hosts write it "
+                "first with tools/tokenize_dataset.py"
+            )
+        print(
+            f"[t2v] writing the token cache {path} ({config.tokens.cache_clips} clips); "
+            "this happens once per tokenizer",
+            flush=True,
+        )
+        t2v_data.write_token_cache(
+            path,
+            tokenizer,
+            text,
+            config.data,
+            split="train",
+            num_clips=int(config.tokens.cache_clips),
+        )
+    cache = t2v_data.TokenCache(path)
+    cache.check(tokenizer, text, config.data)
+    return cache
+
+
+def build_denoiser(
+    model_config: ml_collections.ConfigDict, *, vocab_size: int, text_dim: int
+) -> SpectralTransformer:
+    """The `SpectralTransformer` of `config.model`; vocab_size / text_dim 0 = take the
+    tokenizer's codebook size / the text encoder's width."""
+    fields = dict(model_config)
+    for name, actual, source in (
+        ("vocab_size", vocab_size, "tokenizer codebook"),
+        ("text_dim", text_dim, "text encoder width"),
+    ):
+        if fields.get(name) and fields[name] != actual:
+            raise ValueError(
+                f"model.{name}={fields[name]} but the {source} is {actual}; set "
+                f"--config.model.{name}=0 to take it from there"
+            )
+        fields[name] = actual
+    for name in ("dtype", "param_dtype", "logits_dtype"):
+        if name in fields:
+            if fields[name] not in _DTYPES:
+                raise ValueError(f"model.{name}={fields[name]!r}; use one of {list(_DTYPES)}")
+            fields[name] = _DTYPES[fields[name]]
+    return SpectralTransformer(**fields)
+
+
+def diffusion_config(config: ml_collections.ConfigDict, vocab_size: int) -> DiffusionConfig:
+    return DiffusionConfig(vocab_size=vocab_size, **dict(config.diffusion))
+
+
+def make_generate_fn(
+    denoiser: SpectralTransformer,
+    tokenizer: t2v_data.FrozenTokenizer,
+    token_shape: tuple[int, ...],
+    *,
+    steps: int = 10,
+    cfg_scale: float | None = 10.0,
+    sampler: str = "maskgit",
+    sampler_kwargs: dict | None = None,
+):
+    """Jitted `(params, tokenizer_params, text_emb, text_mask, fps, rng) -> (tokens, video)`.
+
+    Shapes: text_emb (B, L, D), text_mask (B, L), fps (B,) -> tokens `token_shape`
+    (B, n, h, w) int32 and video (B, T, H, W, 3) float32 in [-1, 1]. `cfg_scale=None` is
+    the conditional model alone; one compile per (token_shape, steps, cfg, sampler).
+    """
+    kwargs = dict(sampler_kwargs or {})
+
+    def generate(params, tokenizer_params, text_emb, text_mask, fps, rng):
+        with nn.logical_axis_rules(TRANSFORMER_RULES):
+            tokens = sampling.sample(
+                denoiser,
+                params,
+                rng,
+                text_emb,
+                token_shape,
+                text_mask=text_mask,
+                fps=fps,
+                steps=steps,
+                guidance_scale=cfg_scale,
+                method=sampler,
+                **kwargs,
+            )
+            return tokens, tokenizer.decode(tokenizer_params, tokens)
+
+    return jax.jit(generate)
+
+
+def sampler_kwargs(eval_config: ml_collections.ConfigDict) -> dict:
+    kwargs = {"temperature": float(eval_config.temperature)}
+    if eval_config.sampler == "maskgit":
+        kwargs["choice_temperature"] = float(eval_config.choice_temperature)
+    return kwargs
+
+
+def score_clips(
+    videos: Sequence[np.ndarray],
+    captions: Sequence[str],
+    data_config: ml_collections.ConfigDict,
+    prefix: str = "caption_",
+) -> dict:
+    """Oracle caption accuracy of clips (T, H, W, 3) in [-1, 1] against their captions.
+
+    Per attribute: the fraction of captioned objects whose colour / shape / motion the
+    clip shows; `mean` over the three; `all`: clips with every attribute right and the
+    right object count.
+    """
+    vocab = dict(
+        colors=tuple(data_config.colors),
+        shapes=tuple(data_config.shapes),
+        motions=tuple(data_config.motions),
+    )
+    hits = {k: [] for k in ATTRIBUTES}
+    whole = []
+    for video, caption in zip(videos, captions, strict=True):
+        result = oracle.score_caption(np.asarray(video, np.float32), caption, **vocab)
+        for obj in result["objects"]:
+            for k in ATTRIBUTES:
+                if obj[k] is not None:
+                    hits[k].append(obj[k])
+        whole.append(bool(result["all"]))
+    scores = {prefix + k: float(np.mean(v)) if v else 0.0 for k, v in hits.items()}
+    scores[prefix + "mean"] = float(np.mean([scores[prefix + k] for k in ATTRIBUTES]))
+    scores[prefix + "all"] = float(np.mean(whole))
+    return scores
+
+
+class _Evaluator:
+    """Generates one clip per held-out caption and scores it with the oracle."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        denoiser: SpectralTransformer,
+        tokenizer: t2v_data.FrozenTokenizer,
+        text: TextEncoder,
+    ):
+        ev = config.eval
+        if ev.sampler not in sampling.SAMPLERS:
+            raise ValueError(f"eval.sampler={ev.sampler!r}; use one of {list(sampling.SAMPLERS)}")
+        self.config, self.tokenizer = config, tokenizer
+        self.captions: list[str] = []
+        if ev.num_prompts <= 0:
+            return  # no oracle for this data (e.g. real videos): evaluate() reports nothing
+        if config.data.name != "shapes":
+            raise ValueError(
+                f"eval.num_prompts={ev.num_prompts}: the caption oracle scores "
+                f"`shapes` clips only, data.name is {config.data.name!r}; set "
+                "--config.eval.num_prompts=0"
+            )
+        self.batch_size = int(min(ev.batch_size, ev.num_prompts))
+        batches = pipeline.eval_batches(
+            config.data, int(ev.num_prompts), self.batch_size, split=ev.split
+        )
+        self.captions = [str(c) for b in batches for c in b["caption"]]
+        self.videos = [v for b in batches for v in b["video"]]  # references for the ceiling
+        self.fps = np.concatenate([b["fps"] for b in batches]).astype(np.float32)
+        self.text_emb, self.text_mask = text.embed(self.captions)
+        grid = tokenizer.token_grid(config.data.frames, config.data.height, config.data.width)
+        self.generate = make_generate_fn(
+            denoiser,
+            tokenizer,
+            (self.batch_size, *grid),
+            steps=int(ev.steps),
+            cfg_scale=float(ev.cfg_scale) if ev.cfg_scale >= 0 else None,
+            sampler=ev.sampler,
+            sampler_kwargs=sampler_kwargs(ev),
+        )
+
+    def _chunks(self):
+        n, b = len(self.captions), self.batch_size
+        for start in range(0, n, b):
+            rows = np.arange(start, min(start + b, n))
+            padded = np.concatenate([rows, np.full(b - len(rows), rows[-1])])
+            yield start // b, rows, padded
+
+    def __call__(self, params: PyTree, frozen: PyTree) -> dict[str, float]:
+        if not self.captions:
+            return {}
+        videos = []
+        for i, rows, padded in self._chunks():
+            rng = jax.random.fold_in(jax.random.PRNGKey(self.config.eval.seed), i)
+            _, video = self.generate(
+                params,
+                frozen["tokenizer"],
+                self.text_emb[padded],
+                self.text_mask[padded],
+                self.fps[padded],
+                rng,
+            )
+            videos += list(np.asarray(video)[: len(rows)])
+        scores = score_clips(videos, self.captions, self.config.data)
+        if self.config.eval.reference:
+            scores.update(self.reference(frozen))
+        scores["num_prompts"] = float(len(self.captions))
+        return scores
+
+    def reference(self, frozen: PyTree) -> dict[str, float]:
+        """Oracle accuracy of the tokenizer's reconstructions of the true clips: the
+        ceiling any denoiser can reach through this tokenizer."""
+        tok = self.tokenizer
+        roundtrip = jax.jit(lambda p, v: tok.decode(p, tok.encode(p, v)))
+        recon = []
+        for _, rows, padded in self._chunks():
+            video = np.stack([self.videos[i] for i in padded])
+            recon += list(np.asarray(roundtrip(frozen["tokenizer"], video))[: len(rows)])
+        return score_clips(recon, self.captions, self.config.data, prefix="reference_")
+
+
+def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stage:
+    """The `t2v` stage (see the module docstring)."""
+    if config.tokens.source not in TOKEN_SOURCES:
+        raise ValueError(f"tokens.source={config.tokens.source!r}; use one of {TOKEN_SOURCES}")
+    tokenizer = t2v_data.load_tokenizer(tokenizer_dir(config, workdir), config.tokenizer_step)
+    text = t2v_data.make_text(config)
+    denoiser = build_denoiser(config.model, vocab_size=tokenizer.vocab_size, text_dim=text.dim)
+    diffusion = diffusion_config(config, tokenizer.vocab_size)
+    grid = tokenizer.token_grid(config.data.frames, config.data.height, config.data.width)
+    use_cache = config.tokens.source == "cache"
+    cache = open_cache(config, workdir, tokenizer, text) if use_cache else None
+    online_text = not use_cache and config.text.mode == "online"
+
+    frozen = {"tokenizer": tokenizer.boxed_params()}
+    if online_text:
+        ids = jax.ShapeDtypeStruct((1, text.max_length), jnp.int32)
+        abstract = jax.eval_shape(
+            lambda i: text.module.init(jax.random.key(0), i, jnp.ones(i.shape, bool))["params"],
+            ids,
+        )
+        frozen["text"] = t2v_data.rebox(abstract, text.params, f"text encoder {text.name}")
+
+    if use_cache:
+        fields = ("tokens", "text_emb", "text_mask", "fps")
+    elif online_text:
+        fields = ("video", "text_ids", "text_mask", "fps")
+    else:
+        fields = ("video", "text_emb", "text_mask", "fps")
+
+    def data(split: str, seed: int):
+        if use_cache and split == "train":
+            return t2v_data.cache_iterator(
+                cache,
+                global_batch_size=config.train.batch_size,
+                seed=seed,
+                shuffle=bool(config.data.shuffle),
+            )
+        if use_cache:  # held-out clips are not in the cache: read them with their pixels
+            raise ValueError(
+                "the token cache holds the train split only; evaluate() "
+                "generates from held-out captions without data('eval')"
+            )
+        return t2v_data.online_iterator(config, split, seed)
+
+    def inputs(frozen: PyTree, batch: dict) -> dict:
+        """The denoiser's inputs: tokens (B, n, h, w) and text (B, L, D), never trained."""
+        if "tokens" in batch:
+            tokens = batch["tokens"]
+        else:
+            tokens = tokenizer.encode(frozen["tokenizer"], batch["video"])
+        if "text_emb" in batch:
+            text_emb = batch["text_emb"]
+        else:
+            text_emb = text.encode(frozen["text"], batch["text_ids"], batch["text_mask"])
+        return {
+            "tokens": tokens.astype(jnp.int32),
+            "text": jax.lax.stop_gradient(text_emb.astype(jnp.float32)),
+            "text_mask": batch["text_mask"].astype(bool),
+            "fps": batch["fps"].astype(jnp.float32),
+        }
+
+    def init(rng: jax.Array, batch: dict) -> PyTree:
+        b = batch["text_mask"].shape[0]
+        tokens = jnp.zeros((b, *grid), jnp.int32)
+        text_emb = jnp.zeros((b, batch["text_mask"].shape[1], text.dim), jnp.float32)
+        return denoiser.init(
+            rng,
+            tokens,
+            jnp.ones((b,), jnp.float32),
+            text_emb,
+            batch["text_mask"].astype(bool),
+            batch["fps"],
+            drop_text=jnp.zeros((b,), bool),
+        )["params"]
+
+    def loss(params, frozen, batch, rng, step):
+        del step
+        with nn.logical_axis_rules(TRANSFORMER_RULES):
+            return diffusion_loss(denoiser.apply, params, inputs(frozen, batch), rng, diffusion)
+
+    evaluator = _Evaluator(config, denoiser, tokenizer, text)
+    return Stage(
+        name="t2v",
+        rules=TRANSFORMER_RULES,
+        init=init,
+        loss=loss,
+        data=data,
+        evaluate=evaluator,
+        frozen=frozen,
+        device_fields=fields,
+    )

@@ -1,0 +1,465 @@
+"""Inputs of the `t2v` stage: the frozen stage-1 tokenizer, the token cache, the pipelines.
+
+Stage 2 trains on tokens of a FROZEN tokenizer (section 3.2). They come either
+
+* on the fly: the pipeline yields clips and the loss encodes them under `stop_gradient`
+  (`online_iterator`; the tokenizer params live in `Stage.frozen`), or
+* from a pre-tokenised cache written once by `tools/tokenize_dataset.py`
+  (`write_token_cache` / `TokenCache` / `cache_iterator`): tokens and text embeddings of
+  the first N clips of a split, in one `.npz` file. Encoding a clip costs far more than a
+  denoiser step on CPU, and a cache is what makes the toy target reachable in minutes.
+
+A cache records which tokenizer made it (folder, step and a hash of its parameters), the
+text encoder and the clip size; `TokenCache.check` refuses a cache that does not match
+the configured tokenizer, instead of silently training on another model's codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from motionaura_jax import checkpoint as checkpoint_lib
+from motionaura_jax.data import pipeline
+from motionaura_jax.encoders.text import TextEncoder, make_text_encoder
+from motionaura_jax.tokenizer.model import VideoTokenizer, build_tokenizer
+
+PyTree = Any
+CACHE_VERSION = 1
+TRAIN_TOKENIZER = "python launch/train.py --config=configs/tokenizer.py:toy --workdir=<workdir>"
+
+
+@dataclasses.dataclass
+class FrozenTokenizer:
+    """A finished stage-1 tokenizer: module, params (host numpy), config and provenance.
+
+    Attributes:
+      model: the `VideoTokenizer`.
+      params: its `params` collection as NumPy arrays.
+      config: the tokenizer stage's full config (its `model` section built `model`).
+      folder: absolute path of the stage folder or export it was loaded from.
+      step: the checkpoint step (-1 for an export, which records no step).
+      fingerprint: SHA-1 of the parameters (identifies the weights whatever the path).
+    """
+
+    model: VideoTokenizer
+    params: PyTree
+    config: ml_collections.ConfigDict
+    folder: str
+    step: int
+    fingerprint: str
+
+    @property
+    def vocab_size(self) -> int:
+        """K, the number of codes (the denoiser's [MASK] id)."""
+        return int(self.model.codebook_size)
+
+    def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(n, h, w) of the tokens of a (frames, height, width) clip."""
+        tf, sf = self.model.temporal_factor, self.model.spatial_factor
+        if (frames - 1) % tf or height % sf or width % sf:
+            raise ValueError(
+                f"a {frames}x{height}x{width} clip does not tokenize: frames must be "
+                f"1 + {tf}k and height/width multiples of {sf}"
+            )
+        return 1 + (frames - 1) // tf, height // sf, width // sf
+
+    def encode(self, params: PyTree, video_bthwc: jax.Array) -> jax.Array:
+        """(B, T, H, W, 3) in [-1, 1] -> (B, n, h, w) int32 codes (pure, jittable)."""
+        indices, _ = self.model.apply({"params": params}, video_bthwc, method=VideoTokenizer.encode)
+        return jax.lax.stop_gradient(indices.astype(jnp.int32))
+
+    def decode(self, params: PyTree, tokens_bnhw: jax.Array) -> jax.Array:
+        """(B, n, h, w) codes -> (B, T, H, W, 3) float32 in [-1, 1] (pure, jittable)."""
+        video = self.model.apply({"params": params}, tokens_bnhw, method=VideoTokenizer.decode)
+        return jnp.clip(video.astype(jnp.float32), -1.0, 1.0)
+
+    def boxed_params(self) -> PyTree:
+        """`params` wrapped in the logical axis names the module declares (for sharding)."""
+        tf, sf = self.model.temporal_factor, self.model.spatial_factor
+        video = jax.ShapeDtypeStruct((1, 1 + tf, sf, sf, 3), jnp.float32)
+        abstract = jax.eval_shape(
+            lambda v: self.model.init(
+                {"params": jax.random.key(0), "gumbel": jax.random.key(1)}, v
+            )["params"],
+            video,
+        )
+        return rebox(abstract, self.params, f"tokenizer {self.folder}")
+
+
+def rebox(abstract_boxed: PyTree, values: PyTree, what: str) -> PyTree:
+    """Puts `values` into the `nn.Partitioned` boxes of `abstract_boxed` (same tree)."""
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    want = jax.tree.structure(nn.meta.unbox(abstract_boxed))
+    have = jax.tree.structure(values)
+    if want != have:
+        raise checkpoint_lib.CheckpointMismatchError(
+            f"the parameters of {what} do not fit the module its config builds "
+            f"({have.num_leaves} arrays vs {want.num_leaves}); retrain or re-export it"
+        )
+
+    def put(box, value):
+        if not is_box(box):
+            return value
+        # Conv kernels name their three tap axes alike ('conv_space', never sharded), which
+        # `nn.logical_to_mesh` rejects; a repeated name is replicated anyway.
+        names = getattr(box, "names", None)
+        if names is not None:
+            seen: set = set()
+            unique = []
+            for name in names:
+                unique.append(None if name in seen else name)
+                seen.add(name)
+            box = box.replace(names=tuple(unique))
+        return box.replace_boxed(value)
+
+    return jax.tree.map(put, abstract_boxed, values, is_leaf=is_box)
+
+
+def params_fingerprint(params: PyTree) -> str:
+    """SHA-1 over every parameter's path, dtype, shape and bytes."""
+    digest = hashlib.sha1()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        leaf = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{leaf.dtype}|{leaf.shape}".encode())
+        digest.update(leaf.tobytes())
+    return digest.hexdigest()
+
+
+def load_stage_params(
+    folder: str, step: int | None = None
+) -> tuple[PyTree, ml_collections.ConfigDict, int]:
+    """`(params as NumPy, config, step)` of a finished stage folder (or export, step -1).
+
+    Unlike a target-less Orbax restore, this reads checkpoints written on any number of
+    devices (a pod, the 8 fake test devices) into this process: the target is built from
+    the checkpoint's own shapes and dtypes, placed on one local device.
+    """
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        params, config = checkpoint_lib.load_exported(folder)
+        return jax.tree.map(np.asarray, params), config, -1
+    directory = os.path.join(folder, "checkpoints")
+    config, step = checkpoint_lib.read_config(directory, None if step is None or step < 0 else step)
+    reader = checkpoint_lib.StageCheckpointer(directory, stage=config.stage, async_save=False)
+    try:
+        metadata = reader.manager.item_metadata(step)["state"]
+        metadata = getattr(metadata, "tree", metadata)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        is_array = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
+            metadata,
+            is_leaf=is_array,
+        )
+        restored = reader.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )
+    finally:
+        reader.close()
+    params = jax.tree.map(np.asarray, jax.device_get(restored["state"]["params"]))
+    return params, config, int(step)
+
+
+def load_tokenizer(folder: str, step: int | None = None) -> FrozenTokenizer:
+    """Loads a finished stage-1 tokenizer from `workdir/tokenizer` or an export folder.
+
+    Raises FileNotFoundError when there is no finished checkpoint and ValueError when the
+    folder holds another stage's checkpoint; both name the path and the fix.
+    """
+    folder = os.path.abspath(folder)
+    exported = os.path.isfile(os.path.join(folder, "config.json"))
+    checkpoints = os.path.join(folder, "checkpoints")
+    missing = (
+        f"no finished stage-1 tokenizer checkpoint in {folder!r}; train the tokenizer first "
+        f"({TRAIN_TOKENIZER}) or set --config.tokenizer_dir to a finished tokenizer stage "
+        "folder (<workdir>/tokenizer) or an export of one"
+    )
+    if not exported:
+        if not os.path.isdir(checkpoints):
+            raise FileNotFoundError(missing)
+        checkpointer = checkpoint_lib.StageCheckpointer(checkpoints, stage="", async_save=False)
+        latest = checkpointer.latest_step()
+        checkpointer.close()
+        if latest is None:
+            raise FileNotFoundError(missing)
+        step = latest if step is None or step < 0 else step
+    params, config, step = load_stage_params(folder, step)
+    stage = config.get("stage")
+    if stage != "tokenizer":
+        raise ValueError(
+            f"{folder!r} holds a checkpoint of stage {stage!r}, not a stage-1 tokenizer; "
+            "set --config.tokenizer_dir to the tokenizer's folder (<workdir>/tokenizer)"
+        )
+    params = params.get("params", params) if isinstance(params, dict) else params
+    params = jax.tree.map(np.asarray, params)
+    model = build_tokenizer(config.model)
+    return FrozenTokenizer(model, params, config, folder, step, params_fingerprint(params))
+
+
+def make_text(config: ml_collections.ConfigDict) -> TextEncoder:
+    """The frozen text encoder of `config.text`."""
+    return make_text_encoder(config.text)
+
+
+def _provenance(tokenizer: FrozenTokenizer, text: TextEncoder) -> dict:
+    return {
+        "tokenizer": {
+            "folder": tokenizer.folder,
+            "step": tokenizer.step,
+            "fingerprint": tokenizer.fingerprint,
+            "vocab_size": tokenizer.vocab_size,
+        },
+        "text": {"encoder": text.name, "dim": text.dim, "max_length": text.max_length},
+    }
+
+
+def write_token_cache(
+    path: str,
+    tokenizer: FrozenTokenizer,
+    text: TextEncoder,
+    data_config: ml_collections.ConfigDict,
+    *,
+    split: str = "train",
+    num_clips: int = 10_000,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
+    """Tokenizes the first `num_clips` clips of `split` into one `.npz` file.
+
+    Arrays: tokens (N, n, h, w) int32, text_emb (N, Lc, D) float16 (Lc = longest caption
+    in tokens; padding is restored on read), text_mask (N, Lc) bool, fps (N,) float32,
+    caption (N,) str, index (N,) int32; `meta` is the JSON provenance. Returns `meta`.
+    """
+    bucket = {
+        "frames": data_config.frames,
+        "height": data_config.height,
+        "width": data_config.width,
+        "batch_size": batch_size,
+        "ratio": 1.0,
+    }
+    source = pipeline.make_source(data_config, split, bucket)
+    if not 1 <= num_clips <= len(source):
+        raise ValueError(f"num_clips={num_clips}, but split {split!r} has {len(source)} clips")
+    grid = tokenizer.token_grid(data_config.frames, data_config.height, data_config.width)
+    encode = jax.jit(tokenizer.encode)
+    tokens = np.zeros((num_clips, *grid), np.int32)
+    emb = np.zeros((num_clips, text.max_length, text.dim), np.float16)
+    mask = np.zeros((num_clips, text.max_length), bool)
+    fps = np.zeros((num_clips,), np.float32)
+    captions: list[str] = []
+    start_time = time.perf_counter()
+    for start in range(0, num_clips, batch_size):
+        stop = min(start + batch_size, num_clips)
+        batch = pipeline.collate([source[i] for i in range(start, stop)])
+        video = batch["video"]
+        if len(video) < batch_size:  # one compiled shape: pad the last batch
+            video = np.concatenate([video, np.repeat(video[-1:], batch_size - len(video), 0)])
+        tokens[start:stop] = np.asarray(encode(tokenizer.params, video))[: stop - start]
+        e, m = text.embed(list(batch["caption"]))
+        emb[start:stop], mask[start:stop] = e, m
+        fps[start:stop] = batch["fps"]
+        captions += list(batch["caption"])
+        if progress and (stop == num_clips or (start // batch_size) % 20 == 0):
+            rate = stop / (time.perf_counter() - start_time)
+            print(f"[tokenize] {stop}/{num_clips} clips ({rate:.1f} clips/s)", flush=True)
+    length = max(int(mask.sum(1).max()), 1)
+    meta = {
+        "version": CACHE_VERSION,
+        **_provenance(tokenizer, text),
+        "data": {
+            "name": data_config.name,
+            "split": split,
+            "seed": int(data_config.seed),
+            "frames": data_config.frames,
+            "height": data_config.height,
+            "width": data_config.width,
+        },
+        "num_clips": num_clips,
+        "token_grid": list(grid),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    tmp = path + ".tmp.npz"  # np.savez appends .npz to names without it
+    np.savez(
+        tmp,
+        tokens=tokens,
+        text_emb=emb[:, :length],
+        text_mask=mask[:, :length],
+        fps=fps,
+        caption=np.array(captions),
+        index=np.arange(num_clips, dtype=np.int32),
+        meta=np.array(json.dumps(meta)),
+    )
+    os.replace(tmp, path)
+    return meta
+
+
+class TokenCache:
+    """A token cache in memory; random access by clip (a Grain `RandomAccessDataSource`).
+
+    Items are dicts: tokens (n, h, w) int32, text_emb (L, D) float32 zero-padded to the
+    encoder's max_length L, text_mask (L,) bool, fps () float32.
+    """
+
+    def __init__(self, path: str):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"token cache {path!r} not found; write it with python tools/"
+                "tokenize_dataset.py --workdir=<workdir> --out=<file.npz>, or set "
+                "tokens.source='online'"
+            )
+        with np.load(path) as f:
+            self.arrays = {k: f[k] for k in f.files if k != "meta"}
+            self.meta = json.loads(str(f["meta"]))
+        if self.meta.get("version") != CACHE_VERSION:
+            raise ValueError(
+                f"token cache {path!r} has format version {self.meta.get('version')}, this "
+                f"code reads {CACHE_VERSION}; re-run tools/tokenize_dataset.py"
+            )
+        self.path = path
+        self.max_length = int(self.meta["text"]["max_length"])
+
+    def __len__(self) -> int:
+        return int(self.arrays["tokens"].shape[0])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self.batch([int(index)]).items()}
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """Rows `indices` as one batch (text padded back to max_length, float32)."""
+        idx = np.asarray(indices, np.int64)
+        stored = self.arrays["text_emb"][idx]
+        emb = np.zeros((len(idx), self.max_length, stored.shape[-1]), np.float32)
+        emb[:, : stored.shape[1]] = stored
+        mask = np.zeros((len(idx), self.max_length), bool)
+        mask[:, : stored.shape[1]] = self.arrays["text_mask"][idx]
+        return {
+            "tokens": self.arrays["tokens"][idx],
+            "text_emb": emb,
+            "text_mask": mask,
+            "fps": self.arrays["fps"][idx],
+        }
+
+    def check(
+        self, tokenizer: FrozenTokenizer, text: TextEncoder, data_config: ml_collections.ConfigDict
+    ) -> None:
+        """Raises ValueError unless this cache was made by `tokenizer` and `text` for clips
+        of `data_config`'s size."""
+        fix = (
+            f"re-run python tools/tokenize_dataset.py --tokenizer_dir={tokenizer.folder} "
+            f"--out={self.path} (or point tokens.cache_path at a matching cache)"
+        )
+        ours = _provenance(tokenizer, text)
+        theirs = {k: self.meta[k] for k in ours}
+        if ours["tokenizer"]["fingerprint"] != theirs["tokenizer"]["fingerprint"]:
+            t = theirs["tokenizer"]
+            raise ValueError(
+                f"token cache {self.path!r} was made by the tokenizer in {t['folder']!r} at "
+                f"step {t['step']}, but this run uses {tokenizer.folder!r} at step "
+                f"{tokenizer.step} (different weights); {fix}"
+            )
+        if ours["text"] != theirs["text"]:
+            raise ValueError(
+                f"token cache {self.path!r} holds text embeddings of {theirs['text']}, but the "
+                f"configured text encoder is {ours['text']}; {fix}"
+            )
+        data = self.meta["data"]
+        size = (data_config.frames, data_config.height, data_config.width)
+        if (data["frames"], data["height"], data["width"]) != size:
+            raise ValueError(
+                f"token cache {self.path!r} holds {data['frames']}x{data['height']}x"
+                f"{data['width']} clips, the data config asks for {size[0]}x{size[1]}x"
+                f"{size[2]}; {fix}"
+            )
+
+
+class _CacheBatches:
+    """Grain map: step -> batch of cache rows (the cache loads lazily in each worker)."""
+
+    def __init__(self, path: str, plan: pipeline.BatchPlan):
+        self.path, self.plan, self._cache = path, plan, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": None}
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        if self._cache is None:
+            self._cache = TokenCache(self.path)
+        return self._cache.batch(self.plan(int(step))[1])
+
+
+def cache_iterator(
+    cache: TokenCache, *, global_batch_size: int, seed: int, shuffle: bool = True
+) -> grain.DatasetIterator:
+    """Endless per-host batches of cache rows, reshuffled every epoch; checkpointable."""
+    plan = pipeline.BatchPlan(
+        [{"batch_size": global_batch_size, "ratio": 1.0}],
+        len(cache),
+        seed=seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        shuffle=shuffle,
+    )
+    loader = _CacheBatches(cache.path, plan)
+    loader._cache = cache
+    return iter(grain.MapDataset.range(len(plan)).map(loader).to_iter_dataset())
+
+
+class _TextFields:
+    """Grain map on pipeline batches: keeps video and fps, adds the text fields.
+
+    `text.mode='online'` adds token ids (`text_ids`, `text_mask`) for the step to encode;
+    `'precomputed'` looks the embeddings up (`text_emb`, `text_mask`).
+    """
+
+    def __init__(self, text_config: ml_collections.ConfigDict):
+        self.text_config = text_config
+        self._encoder = self._store = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_encoder": None, "_store": None}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        captions = [str(c) for c in batch["caption"]]
+        out = {
+            "video": batch["video"],
+            "fps": batch["fps"].astype(np.float32),
+            "caption": batch["caption"],
+        }
+        if self.text_config.mode == "precomputed":
+            if self._store is None:
+                from motionaura_jax.encoders.precomputed import load_precomputed
+
+                self._store = load_precomputed(self.text_config)
+            out.update(self._store.batch(captions))
+        else:
+            if self._encoder is None:
+                self._encoder = make_text_encoder(self.text_config)
+            out.update(self._encoder.batch_fields(captions))
+        return out
+
+
+def online_iterator(
+    config: ml_collections.ConfigDict, split: str, seed: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Clips of `config.data` with text fields, for tokenising inside the step."""
+    dataset = pipeline.make_dataset(
+        config.data,
+        split=split,
+        global_batch_size=config.train.batch_size,
+        seed=seed,
+        num_epochs=None,
+    )
+    return iter(dataset.map(_TextFields(config.text)))

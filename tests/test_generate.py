@@ -1,0 +1,90 @@
+"""Text -> video inference: the `TextToVideo` pipeline, writers and launch/generate.py."""
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from launch import generate
+from motionaura_jax import pipelines
+from tests.stage_fixtures import t2v_config
+
+pytest_plugins = ["tests.stage_fixtures"]
+PROMPTS = ["a red circle moves left", "a blue square moves up"]
+DATA = t2v_config().data  # the clip size the t2v checkpoint of base_run was trained for
+CLIP = (DATA.frames, DATA.height, DATA.width, 3)
+
+
+@pytest.fixture(scope="module")
+def pipe(base_run):
+    return pipelines.TextToVideo.from_workdir(base_run)
+
+
+def test_cli_writes_mp4_and_npy(base_run, tmp_path):
+    out = tmp_path / "clips" / "clip.mp4"
+    written = generate.main(
+        [
+            f"--workdir={base_run}",
+            f"--prompt={PROMPTS[0]}",
+            f"--prompt={PROMPTS[1]}",
+            f"--output={out}",
+            "--save-npy",
+            "--steps=2",
+            "--seed=1",
+        ]
+    )
+    expected = [tmp_path / "clips" / f"clip_{i}{s}" for i in range(2) for s in (".mp4", ".npy")]
+    assert sorted(written) == sorted(map(str, expected))
+    for i in range(2):
+        frames = np.load(tmp_path / "clips" / f"clip_{i}.npy")
+        assert frames.shape == CLIP and frames.dtype == np.uint8
+        with av.open(str(tmp_path / "clips" / f"clip_{i}.mp4")) as container:
+            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        assert len(decoded) == CLIP[0] and decoded[0].shape == CLIP[1:]
+        # Lossy codec: close to the saved frames, not equal.
+        assert np.abs(np.stack(decoded).astype(float) - frames).mean() < 20
+
+
+# The module's pipeline runs one setting (it compiles once per batch size and setting): the
+# posterior sampler without guidance. The CLI test runs the MaskGIT sampler with guidance.
+POSTERIOR = dict(steps=2, sampler="posterior", cfg=-1.0)
+
+
+def test_same_seed_same_output(pipe):
+    a, tokens_a = pipe.generate(PROMPTS[:1], seed=5, return_tokens=True, **POSTERIOR)
+    b, tokens_b = pipe.generate(PROMPTS[:1], seed=5, return_tokens=True, **POSTERIOR)
+    _, tokens_c = pipe.generate(PROMPTS[:1], seed=6, return_tokens=True, **POSTERIOR)
+    assert a.shape == (1, *CLIP) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(tokens_a, tokens_b)
+    assert (tokens_a != tokens_c).any()
+    assert tokens_a.min() >= 0 and tokens_a.max() < pipe.tokenizer.vocab_size
+
+
+def test_posterior_sampler_and_gif(pipe, tmp_path):
+    frames = pipe.generate(PROMPTS[:1], **POSTERIOR)
+    path = pipelines.save_video(str(tmp_path / "clip.gif"), frames[0], fps=pipe.fps)
+    with Image.open(path) as gif:
+        assert gif.n_frames == CLIP[0] and gif.size == (CLIP[2], CLIP[1])
+
+
+def test_bad_prompts_and_outputs(pipe, base_run, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        pipe.generate(["  "])
+    with pytest.warns(UserWarning, match="truncating"):
+        frames = pipe.generate([" and ".join(PROMPTS * 3)], **POSTERIOR)
+    assert frames.shape == (1, *CLIP)
+    with pytest.raises(SystemExit):
+        generate.main([f"--workdir={base_run}", "--prompt=", f"--output={tmp_path / 'x.mp4'}"])
+    with pytest.raises(SystemExit):
+        generate.main(
+            [
+                f"--workdir={base_run}",
+                "--prompt=a red circle moves left",
+                f"--output={tmp_path / 'x.avi'}",
+            ]
+        )
+    with pytest.raises(ValueError, match=r"uint8 frames \(T, H, W, 3\)"):
+        pipelines.save_video(str(tmp_path / "x.npy"), np.zeros(CLIP, np.float32))
+    with pytest.raises(FileNotFoundError, match="no t2v checkpoint"):
+        pipelines.TextToVideo.from_workdir(str(tmp_path))

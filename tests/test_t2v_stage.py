@@ -1,0 +1,84 @@
+"""The `t2v` stage on a tiny frozen tokenizer: end-to-end training, loss, token sources, errors."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from motionaura_jax import checkpoint as checkpoint_lib
+from motionaura_jax.data import pipeline
+from motionaura_jax.train import t2v, t2v_data
+from tests.stage_fixtures import t2v_config, t2v_run_config
+
+pytest_plugins = ["tests.stage_fixtures"]
+
+
+def test_trains_end_to_end_and_writes_eval(t2v_run, base_run):
+    config = t2v_run_config(base_run)
+    result = json.load(open(os.path.join(t2v_run, "t2v", "eval.json")))
+    assert result["stage"] == "t2v" and result["finished"]
+    assert result["step"] == config.train.num_steps
+    assert result["num_prompts"] == config.eval.num_prompts
+    for key in ("caption_color", "caption_shape", "caption_motion", "caption_mean"):
+        assert 0.0 <= result[key] <= 1.0, (key, result[key])
+    checkpoints = checkpoint_lib.StageCheckpointer(
+        os.path.join(t2v_run, "t2v", "checkpoints"), stage="t2v", async_save=False
+    )
+    assert checkpoints.all_steps() == [config.train.num_steps]
+    checkpoints.close()
+    # The run read the cache the t2v stage wrote at start-up in base_run (build_cache).
+    assert not os.path.exists(os.path.join(t2v_run, "t2v_tokens.npz"))
+    cache = t2v_data.TokenCache(config.tokens.cache_path)
+    assert len(cache) == config.tokens.cache_clips
+
+
+def test_loss_falls_on_a_fixed_batch(t2v_run, base_run):
+    """The cache holds one batch of clips, so every step of t2v_run saw the same batch."""
+    config = t2v_run_config(base_run)
+    assert config.tokens.cache_clips == config.train.batch_size
+    with open(os.path.join(t2v_run, "t2v", "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert len(losses) == config.train.num_steps  # log_every=1
+    # Time and masks are redrawn every step, so compare averages, not single steps.
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_online_tokens_equal_cached_tokens(base_run):
+    """The loss on clips tokenised inside the step equals the loss on the cache's rows."""
+    config = t2v_config("tokens.source=online", "eval.num_prompts=0")
+    stage = t2v.build(config, base_run)
+    cache = t2v_data.TokenCache(os.path.join(base_run, "t2v_tokens.npz"))
+    rows = [0, 3, 5, 7]
+    clips = pipeline.eval_batches(config.data, 8, 8, split="train")[0]
+    captions = [str(c) for c in clips["caption"][rows]]
+    online = {
+        "video": clips["video"][rows],
+        "fps": clips["fps"][rows],
+        **t2v_data.make_text(config).batch_fields(captions),
+    }
+    assert list(cache.arrays["caption"][rows]) == captions
+    params, _ = checkpoint_lib.load_params(os.path.join(base_run, "t2v"))
+    frozen = nn.meta.unbox(stage.frozen)
+    loss = jax.jit(lambda batch: stage.loss(params, frozen, batch, jax.random.PRNGKey(7), 0)[0])
+    # Cached text embeddings are stored in float16.
+    np.testing.assert_allclose(float(loss(online)), float(loss(cache.batch(rows))), rtol=2e-3)
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"no finished stage-1 tokenizer.*configs/tokenizer"
+    ):
+        t2v.build(t2v_config(), str(tmp_path))
+    os.makedirs(tmp_path / "elsewhere" / "checkpoints")
+    with pytest.raises(FileNotFoundError, match="elsewhere"):
+        t2v.build(t2v_config(f"tokenizer_dir={tmp_path / 'elsewhere'}"), str(tmp_path))
+
+
+def test_non_tokenizer_checkpoint_is_refused(base_run, tmp_path):
+    config = t2v_config(f"tokenizer_dir={os.path.join(base_run, 't2v')}")
+    with pytest.raises(ValueError, match=r"stage 't2v', not a stage-1 tokenizer"):
+        t2v.build(config, str(tmp_path))
