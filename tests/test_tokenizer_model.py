@@ -166,3 +166,15 @@ def test_time_only_downsampler_gives_8x_layout_and_streams():
     )
     with pytest.raises(ValueError, match="spatial_down needs 2 entries"):
         build_tokenizer({**TINY, "spatial_down": (True,)})
+
+
+def test_mfi_head_gradient_is_finite_on_a_constant_latent():
+    """A latent frame that is constant over space (tiny widths at init) must not give an
+    inf/NaN gradient through the head's spatial spread."""
+    from motionaura_jax.tokenizer.model import MFIHead
+
+    head = MFIHead(8, 4)
+    z = jnp.ones((1, 2, 4, 4, 8))
+    params = head.init(KEY, z)
+    grad = jax.grad(lambda x: head.apply(params, x).sum())(z)
+    assert bool(jnp.isfinite(grad).all())

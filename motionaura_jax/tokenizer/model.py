@@ -61,7 +61,10 @@ class MFIHead(nn.Module):
     @nn.compact
     def __call__(self, z_bnhwd: jax.Array) -> jax.Array:
         z = z_bnhwd.astype(jnp.float32)
-        f = jnp.concatenate([z.mean(axis=(2, 3)), z.std(axis=(2, 3))], axis=-1)
+        # sqrt(var + eps), not std: the gradient of std is inf where a latent frame is
+        # constant over space (tiny widths hit it and the loss became NaN at step 2).
+        std = jnp.sqrt(z.var(axis=(2, 3)) + 1e-6)
+        f = jnp.concatenate([z.mean(axis=(2, 3)), std], axis=-1)
         f = jnp.concatenate([f, f - f.mean(axis=1, keepdims=True)], axis=-1)
         for i, width in enumerate((self.hidden, self.hidden, self.temporal_factor)):
             cin = f.shape[-1]
