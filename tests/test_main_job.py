@@ -1,0 +1,147 @@
+"""The main job: a tiny end-to-end run of every stage and the report, a second run that
+skips what is done, and the ablation comparison table."""
+
+import json
+import os
+import re
+
+import jax
+import pytest
+
+from motionaura_jax import config as config_lib
+from motionaura_jax import main_job
+from tests.stage_fixtures import TINY_INPAINT, TINY_T2V
+
+# The toy tokenizer's layout at width 8 with no blocks (the toy has none): one step.
+TINY_TOKENIZER = [
+    "model.stem_width=8",
+    "model.widths=(8, 8, 8)",
+    "model.decoder_widths=(8, 8, 8)",
+    "model.mfi_hidden=8",
+    "eval.num_clips=2",
+    "eval.batch_size=2",
+    "train.num_steps=1",
+    "train.batch_size=8",
+    "train.async_checkpoint=False",
+    "train.max_seconds=0.0",
+]
+OVERRIDES = [
+    *(f"tokenizer.{o}" for o in TINY_TOKENIZER),
+    *(f"t2v.{o}" for o in TINY_T2V),
+    *(f"inpaint.{o}" for o in TINY_INPAINT),
+    # The inpaint stage test scores its evaluation; here the samples' scores fill the
+    # report's inpaint rows, and one compile of the inpainting sampler fewer saves ~10 s.
+    "inpaint.eval.num_clips=0",
+]
+
+
+def _checkpoint_files(workdir: str) -> dict[str, int]:
+    found = {}
+    for stage in main_job.STAGES:
+        for folder, _, files in os.walk(os.path.join(workdir, stage, "checkpoints")):
+            for name in files:
+                path = os.path.join(folder, name)
+                found[path] = os.stat(path).st_mtime_ns
+    return found
+
+
+def test_runs_every_stage_writes_the_report_then_skips(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    # RBG keys: the inits compile in seconds rather than tens of seconds (threefry).
+    with jax.default_prng_impl("unsafe_rbg"):
+        first = main_job.run(workdir, overrides=OVERRIDES, num_samples=2)
+    assert first["stages"] == {s: "trained" for s in main_job.STAGES}
+    out = capsys.readouterr().out
+    assert re.search(r"\[t2v\] \|#+\| 100% step 2/2 .* \| overall \S+ left", out), out
+
+    text = open(first["report"]).read()
+    for stage, key in (
+        ("tokenizer", "psnr"),
+        ("t2v", "caption_color"),
+        ("inpaint", "samples_temporal_color"),
+    ):
+        assert re.search(rf"\| {stage} \| {key} \| [0-9.e-]+ \|", text), (stage, key)
+    assert "| tokenizer | psnr |" in text and ">= 30 dB |" in text
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    for stage in main_job.STAGES:
+        assert f"curves/{stage}.png" in images
+    assert {"samples/t2v_sheet.png", "samples/inpaint_sheet.png"} <= set(images)
+    assert sum(p.endswith(".gif") for p in images) == 4  # 2 samples x (t2v, inpaint)
+    for path in images:
+        assert os.path.getsize(os.path.join(workdir, path)) > 0, path
+
+    # Same call again: every stage is done with the same config, nothing is rewritten.
+    before = _checkpoint_files(workdir)
+    assert len(before) > 10
+    log = []
+    second = main_job.run(workdir, overrides=OVERRIDES, num_samples=2, log=log.append)
+    assert second["stages"] == {s: "skipped" for s in main_job.STAGES}
+    for stage in main_job.STAGES:
+        assert any(line.startswith(f"[{stage}] skipped: finished at step") for line in log), log
+    assert "[samples] t2v: up to date" in " ".join(log)
+    assert _checkpoint_files(workdir) == before
+    assert "| t2v | 2 | True | skipped |" in open(second["report"]).read()
+
+
+def test_changed_config_is_not_skipped(tmp_path):
+    """A record of another config, or an eval.json of another step, means: train."""
+    (job,) = main_job.stage_jobs(str(tmp_path), ["tokenizer"], ["tokenizer.train.num_steps=5"])
+    os.makedirs(job.folder)
+    with open(os.path.join(job.folder, "eval.json"), "w") as f:
+        json.dump(dict(stage="tokenizer", step=5, finished=True, psnr=20.0), f)
+    assert main_job.skip_reason(job) is None  # no record of how it was trained
+    record = dict(config=json.loads(config_lib.to_json(job.config)), step=5)
+    with open(os.path.join(job.folder, main_job.RECORD), "w") as f:
+        json.dump(record, f)
+    assert main_job.skip_reason(job).startswith("finished at step 5")
+    (changed,) = main_job.stage_jobs(str(tmp_path), ["tokenizer"], ["tokenizer.train.num_steps=6"])
+    assert main_job.skip_reason(changed) is None
+    with open(os.path.join(job.folder, "eval.json"), "w") as f:  # stopped on its budget
+        json.dump(dict(stage="tokenizer", step=5, finished=False), f)
+    assert "budget ran out" in main_job.skip_reason(job)
+
+
+def test_overall_eta_adds_later_budgets():
+    assert main_job.overall_eta([600.0, 840.0])(63.0) == " | overall 25m03s left"
+    assert main_job.overall_eta([600.0, 0.0])(0.0) == " | overall >=10m00s left"
+    assert main_job.overall_eta([])(float("inf")) == " | overall ? left"
+
+
+def test_bad_overrides_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="must start with a stage name"):
+        main_job.stage_jobs(str(tmp_path), overrides=["model.width=32"])
+    with pytest.raises(ValueError, match="Did you mean 'model'"):
+        main_job.stage_jobs(str(tmp_path), overrides=["t2v.modle.width=32"])
+    with pytest.raises(ValueError, match="unknown steps"):
+        main_job.run(str(tmp_path), steps=["tokenizer", "sampels"])
+
+
+def test_comparison_table_from_eval_files(tmp_path):
+    """What tools/ablation_grid.py writes: one row per run folder's eval.json."""
+    results = {
+        "toy": dict(step=200, finished=True, psnr=24.5, ssim=0.71),
+        "no_mfi": dict(step=150, finished=False, psnr=23.25, ssim=0.7),
+        "no_fft": dict(step=300, finished=True, caption_color=0.875),
+    }
+    folders = {name: str(tmp_path / name / "stage") for name in (*results, "no_mask")}
+    for name, result in results.items():
+        os.makedirs(folders[name])
+        with open(os.path.join(folders[name], "eval.json"), "w") as f:
+            json.dump(dict(stage="x", **result), f)
+    tokenizers = {k: folders[k] for k in ("toy", "no_mfi", "no_mask")}
+    path = main_job.write_comparison(
+        str(tmp_path / "ablations.md"),
+        [
+            ("tokenizer variants", tokenizers, ("psnr", "ssim", "codebook_usage")),
+            ("t2v variants", {"no_fft": folders["no_fft"]}, ("caption_color",)),
+        ],
+    )
+    text = open(path).read()
+    assert "## tokenizer variants" in text and "## t2v variants" in text
+    assert "| variant | step | finished | psnr | ssim | codebook_usage |" in text
+    assert "| toy | 200 | True | 24.5 | 0.71 |  |" in text
+    assert "| no_mfi | 150 | False | 23.25 | 0.7 |  |" in text
+    assert "| no_mask | (not run) |  |  |  |  |" in text
+    assert "| no_fft | 300 | True | 0.875 |" in text
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert {line.count("|") for line in rows[:5]} == {7}  # header, rule, 3 runs: aligned
