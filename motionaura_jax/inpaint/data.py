@@ -32,6 +32,7 @@ from scipy import ndimage
 from motionaura_jax.data import pipeline
 from motionaura_jax.data.shapes import COLORS, MOTIONS, SHAPES, ShapesSource, caption_for
 from motionaura_jax.inpaint.sketch import jitter_sketch
+from motionaura_jax.train import t2v_data
 
 CACHE_VERSION = 1
 CAPTION_MODES = ("no_shape", "full")
@@ -250,14 +251,9 @@ class InpaintCache:
                 f"inpaint cache {path!r} not found; set "
                 "--config.cache.build=True to write it at start-up"
             )
-        with np.load(path) as f:
-            self.arrays = {k: f[k] for k in f.files if k not in ("meta", "caption")}
-            self.meta = json.loads(str(f["meta"]))
-        if self.meta.get("version") != CACHE_VERSION:
-            raise ValueError(
-                f"inpaint cache {path!r} has version {self.meta.get('version')}, "
-                f"this code reads {CACHE_VERSION}; delete it to rebuild"
-            )
+        self.arrays, self.meta = t2v_data.load_versioned_npz(
+            path, CACHE_VERSION, "inpaint cache", "delete it to rebuild", skip=("caption",)
+        )
         self.path = path
         self.max_length = int(self.meta["text"]["max_length"])
 

@@ -47,7 +47,7 @@ from motionaura_jax.inpaint.sketch import SketchEncoder, make_sketch_encoder
 from motionaura_jax.nn import lora as lora_lib
 from motionaura_jax.parallel.rules import TRANSFORMER_RULES
 from motionaura_jax.train import t2v, t2v_data
-from motionaura_jax.train.stage import Stage
+from motionaura_jax.train.stage import Stage, earlier_stage_dir
 
 PyTree = Any
 TRAIN_T2V = "python launch/train.py --config=configs/t2v.py:toy --workdir=<workdir>"
@@ -88,14 +88,7 @@ class InpaintParts:
 
 def base_dir(config: ml_collections.ConfigDict, workdir: str | None) -> str:
     """The stage-2 folder: `config.base_dir`, or `<workdir>/t2v` when empty."""
-    if config.base_dir:
-        return os.path.abspath(os.path.expanduser(config.base_dir))
-    if not workdir:
-        raise ValueError(
-            "config.base_dir is empty and no workdir was given; pass --workdir "
-            "(the t2v denoiser is read from <workdir>/t2v) or set --config.base_dir"
-        )
-    return os.path.join(os.path.abspath(workdir), "t2v")
+    return earlier_stage_dir(config.base_dir, workdir, "t2v", "base_dir")
 
 
 def load_parts(config: ml_collections.ConfigDict, workdir: str | None) -> InpaintParts:

@@ -11,6 +11,7 @@ batches of `Stage.data`, differentiates `Stage.loss`, and calls `Stage.evaluate`
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -51,3 +52,16 @@ class Stage:
     evaluate: Callable[[PyTree, PyTree], dict[str, float]]
     frozen: PyTree = None
     device_fields: tuple[str, ...] | None = None
+
+
+def earlier_stage_dir(explicit: str, workdir: str | None, stage: str, key: str) -> str:
+    """The folder of an earlier stage a later one reads: `explicit` (the config's `key`)
+    when set, else `<workdir>/<stage>`; a clear error when neither is given."""
+    if explicit:
+        return os.path.abspath(os.path.expanduser(explicit))
+    if not workdir:
+        raise ValueError(
+            f"config.{key} is empty and no workdir was given; pass --workdir (the {stage} "
+            f"stage is read from <workdir>/{stage}) or set --config.{key}"
+        )
+    return os.path.join(os.path.abspath(workdir), stage)

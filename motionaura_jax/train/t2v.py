@@ -28,7 +28,7 @@ from motionaura_jax.denoiser.model import SpectralTransformer
 from motionaura_jax.encoders.text import TextEncoder
 from motionaura_jax.parallel.rules import TRANSFORMER_RULES
 from motionaura_jax.train import t2v_data
-from motionaura_jax.train.stage import Stage
+from motionaura_jax.train.stage import Stage, earlier_stage_dir
 
 PyTree = Any
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -38,14 +38,7 @@ ATTRIBUTES = ("color", "shape", "motion")
 
 def tokenizer_dir(config: ml_collections.ConfigDict, workdir: str | None) -> str:
     """The stage-1 folder: `config.tokenizer_dir`, or `<workdir>/tokenizer` when empty."""
-    if config.tokenizer_dir:
-        return os.path.abspath(os.path.expanduser(config.tokenizer_dir))
-    if not workdir:
-        raise ValueError(
-            "config.tokenizer_dir is empty and no workdir was given; pass --workdir (the "
-            "tokenizer is read from <workdir>/tokenizer) or set --config.tokenizer_dir"
-        )
-    return os.path.join(os.path.abspath(workdir), "tokenizer")
+    return earlier_stage_dir(config.tokenizer_dir, workdir, "tokenizer", "tokenizer_dir")
 
 
 def cache_path(config: ml_collections.ConfigDict, workdir: str | None) -> str:

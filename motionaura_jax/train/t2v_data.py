@@ -306,6 +306,22 @@ def write_token_cache(
     return meta
 
 
+def load_versioned_npz(
+    path: str, version: int, what: str, fix: str, skip: tuple[str, ...] = ()
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Arrays (all but 'meta' and `skip`) and the JSON 'meta' of a cache `.npz` written
+    by this code; a cache of another format version is refused with `fix`."""
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if k != "meta" and k not in skip}
+        meta = json.loads(str(f["meta"]))
+    if meta.get("version") != version:
+        raise ValueError(
+            f"{what} {path!r} has format version {meta.get('version')}, this code reads "
+            f"{version}; {fix}"
+        )
+    return arrays, meta
+
+
 class TokenCache:
     """A token cache in memory; random access by clip (a Grain `RandomAccessDataSource`).
 
@@ -320,14 +336,9 @@ class TokenCache:
                 "tokenize_dataset.py --workdir=<workdir> --out=<file.npz>, or set "
                 "tokens.source='online'"
             )
-        with np.load(path) as f:
-            self.arrays = {k: f[k] for k in f.files if k != "meta"}
-            self.meta = json.loads(str(f["meta"]))
-        if self.meta.get("version") != CACHE_VERSION:
-            raise ValueError(
-                f"token cache {path!r} has format version {self.meta.get('version')}, this "
-                f"code reads {CACHE_VERSION}; re-run tools/tokenize_dataset.py"
-            )
+        self.arrays, self.meta = load_versioned_npz(
+            path, CACHE_VERSION, "token cache", "re-run tools/tokenize_dataset.py"
+        )
         self.path = path
         self.max_length = int(self.meta["text"]["max_length"])
 
