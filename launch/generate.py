@@ -26,17 +26,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--prompt", action="append", required=True, help="caption; repeat for several clips"
     )
-    parser.add_argument("--output", required=True, help="output file: .mp4, .gif or .npy")
-    parser.add_argument("--steps", type=int, default=10, help="sampler steps (paper: 10)")
-    parser.add_argument(
-        "--cfg",
-        type=float,
-        default=None,
-        help="guidance scale (default: the run's eval.cfg_scale; <0: none)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-frames", type=int, default=None, help="1 + 4k frames")
-    parser.add_argument("--sampler", default="maskgit", choices=["maskgit", "posterior"])
+    pipelines.add_sampling_args(parser)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--tokenizer-dir", default=None, help="override the tokenizer folder")
     parser.add_argument("--step", type=int, default=None, help="t2v checkpoint step")

@@ -31,17 +31,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--mask", required=True, help="mask image (.png) or mask video (.mp4)")
     parser.add_argument("--sketch", required=True, help="sketch image (.png/.jpg) of the object")
     parser.add_argument("--prompt", required=True, help="caption, e.g. 'a red object moves left'")
-    parser.add_argument("--output", required=True, help="output file: .mp4, .gif or .npy")
-    parser.add_argument("--steps", type=int, default=10, help="sampler steps (paper: 10)")
-    parser.add_argument(
-        "--cfg",
-        type=float,
-        default=None,
-        help="text guidance scale (default: the run's eval.cfg_scale; <0: none)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-frames", type=int, default=None, help="1 + 4k frames to use")
-    parser.add_argument("--sampler", default="maskgit", choices=["maskgit", "posterior"])
+    pipelines.add_sampling_args(parser)
     parser.add_argument("--step", type=int, default=None, help="inpaint checkpoint step")
     parser.add_argument("--base-dir", default=None, help="override the t2v base folder")
     args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ frozen stage-1 tokenizer decodes them. One compile per (batch, frames, steps, cf
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +42,7 @@ VIDEO_SUFFIXES = (".mp4", ".gif", ".npy")
 
 __all__ = [
     "VIDEO_SUFFIXES",
+    "add_sampling_args",
     "Inpainter",
     "TextToVideo",
     "prepare_mask",
@@ -280,3 +282,19 @@ def _check_frames(frames_thw3: np.ndarray) -> np.ndarray:
             "clip of TextToVideo.generate's output, or convert with pipelines.to_uint8"
         )
     return frames
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """The sampler flags `launch/generate.py` and `launch/inpaint.py` share (one place, so
+    the two command lines cannot drift apart)."""
+    parser.add_argument("--output", required=True, help="output file: .mp4, .gif or .npy")
+    parser.add_argument("--steps", type=int, default=10, help="sampler steps (paper: 10)")
+    parser.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        help="text guidance scale (default: the run's eval.cfg_scale; <0: none)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-frames", type=int, default=None, help="1 + 4k frames")
+    parser.add_argument("--sampler", default="maskgit", choices=["maskgit", "posterior"])
