@@ -85,6 +85,18 @@ def test_lora_off_keeps_the_stage2_parameter_tree():
     )
 
 
+def adapted_and_base(base, model, full, base_params, batch):
+    """(the adapted model on `full`, the base module on `base_params`) on the same inputs;
+    the base gets the same extra sequence (masked-video table + sketch MLP outputs)."""
+    z_t, z_m, feats, t, text, mask, fps, drop = batch
+    ours = model.apply({"params": full}, z_t, z_m, feats, t, text, mask, fps, drop)
+    zm = jnp.take(full["masked_embed"], z_m.reshape(B, -1), axis=0)
+    sk = inpaint_model.SketchProjector(32).apply({"params": full["sketch_mlp"]}, feats)
+    extra = jnp.concatenate([zm, sk], axis=1)
+    ref = base.apply({"params": base_params}, z_t, t, text, mask, fps, drop, extra_embeds=extra)
+    return ours, ref
+
+
 @pytest.mark.parametrize(
     "kind,scan,eager", [("adapter", False, True), ("adapter", True, False), ("linear", True, False)]
 )
@@ -93,24 +105,9 @@ def test_adapted_model_equals_base_exactly_at_init(kind, scan, eager):
     stats = inpaint_model.down_statistics(trained, trainable)
     trainable = inpaint_model.redraw_downs(trainable, stats, jax.random.PRNGKey(3))
     full = inpaint_model.merge_params(trainable, trained)
-    z_t, z_m, feats, t, text, mask, fps, drop = inputs()
 
     def both(full, trained):
-        ours = model.apply({"params": full}, z_t, z_m, feats, t, text, mask, fps, drop)
-        # The base with the same extra sequence (masked-video table + sketch MLP outputs).
-        zm = jnp.take(full["masked_embed"], z_m.reshape(B, -1), axis=0)
-        sk = inpaint_model.SketchProjector(32).apply({"params": full["sketch_mlp"]}, feats)
-        ref = base.apply(
-            {"params": trained},
-            z_t,
-            t,
-            text,
-            mask,
-            fps,
-            drop,
-            extra_embeds=jnp.concatenate([zm, sk], axis=1),
-        )
-        return ours, ref
+        return adapted_and_base(base, model, full, trained, inputs())
 
     # ... and the adapters are live: a nonzero W_up changes the output.
     bumped = jax.tree.map(lambda x: x, trainable)
@@ -184,25 +181,10 @@ def test_merged_linear_lora_equals_unmerged_model(scan):
     )
     full = inpaint_model.merge_params({**trainable, "base": noisy}, trained)
     merged = inpaint_model.merge_linear_lora(full, alpha=2.0)
-    z_t, z_m, feats, t, text, mask, fps, drop = inputs()
 
     @jax.jit
     def outputs(full, base_params):
-        """(the adapted model on `full`, the base module on `base_params`), same inputs."""
-        unmerged = model.apply({"params": full}, z_t, z_m, feats, t, text, mask, fps, drop)
-        zm = jnp.take(full["masked_embed"], z_m.reshape(B, -1), axis=0)
-        sk = inpaint_model.SketchProjector(32).apply({"params": full["sketch_mlp"]}, feats)
-        out = base.apply(
-            {"params": base_params},
-            z_t,
-            t,
-            text,
-            mask,
-            fps,
-            drop,
-            extra_embeds=jnp.concatenate([zm, sk], axis=1),
-        )
-        return unmerged, out
+        return adapted_and_base(base, model, full, base_params, inputs())
 
     unmerged, out = map(np.asarray, outputs(full, merged))
     np.testing.assert_allclose(out, unmerged, rtol=2e-4, atol=2e-4)
