@@ -126,9 +126,7 @@ class TextToVideo:
             )
         tokenizer = t2v_data.load_tokenizer(tokenizer_dir, int(config.get("tokenizer_step", -1)))
         text = make_text_encoder(config.text)
-        denoiser = t2v.build_denoiser(
-            config.model, vocab_size=tokenizer.vocab_size, text_dim=text.dim
-        )
+        denoiser = t2v.build_denoiser(config.model, tokenizer, text.dim)
         return cls(denoiser, jax.tree.map(np.asarray, params), tokenizer, text, config)
 
     @property

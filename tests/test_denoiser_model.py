@@ -279,3 +279,49 @@ def test_bad_switches_and_shapes_are_rejected():
     with pytest.raises(ValueError, match="unknown denoiser variant"):
         variant("XL")
     assert variant("L")["width"] == 4096 and variant("S", depth=3)["depth"] == 3
+
+
+def test_digit_head_is_the_product_of_per_digit_softmaxes():
+    levels = (4, 2, 5)  # 40 codes = VOCAB; digit 0 varies fastest, as in FSQ
+    tokens, t, text, mask, fps = _inputs()
+    model = _model(code_levels=levels)
+    params = _random_params(model)
+    # A head that ignores x: its logits are the bias alone, so each code's log-prob is
+    # the sum of its digits' log-softmaxed bias entries.
+    params["digit_head"]["kernel"] = jnp.zeros_like(params["digit_head"]["kernel"])
+    bias = np.asarray(params["digit_head"]["bias"])
+    logits = np.asarray(jax.jit(model.apply)({"params": params}, tokens, t, text, mask, fps))
+    parts = np.split(bias, np.cumsum(levels)[:-1])
+    log_p = [p - np.log(np.exp(p).sum()) for p in parts]
+    codes = np.arange(VOCAB)
+    want = sum(lp[(codes // b) % lv] for lp, b, lv in zip(log_p, (1, 4, 8), levels))
+    np.testing.assert_allclose(logits[0, 0], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.exp(logits).sum(-1), 1.0, rtol=1e-5)
+    # Codes that share digits share embedding rows: 35 embedding rows, not 41.
+    assert params["digit_embed"].shape == (sum(levels) + 1, WIDTH)
+    with pytest.raises(ValueError, match="code_levels"):
+        _model(code_levels=(4, 4)).init(jax.random.key(0), tokens, t, text)
+
+
+def test_plain_cross_attention_under_spectral_self_attention_masks_text_padding():
+    tokens, t, text, mask, fps = _inputs()
+    model = _model(spectral="real", cross_spectral="none")
+    params = _random_params(model)
+    apply = jax.jit(model.apply)
+    a = apply({"params": params}, tokens, t, text, mask, fps)
+    padded = np.where(mask[..., None], text, 5.0)  # only padding rows change
+    np.testing.assert_allclose(
+        apply({"params": params}, tokens, t, padded, mask, fps), a, atol=1e-5
+    )
+    # With Eq. 4's spectral cross-attention ('' = follow `spectral`) the text is mixed by the
+    # FFT, and the model differs from the plain cross-attention one.
+    paper = apply({"params": params}, tokens, t, text, mask, fps)
+    assert not np.allclose(
+        jax.jit(model.clone(cross_spectral="").apply)(
+            {"params": params}, tokens, t, text, mask, fps
+        ),
+        paper,
+        atol=1e-3,
+    )
+    with pytest.raises(ValueError, match="cross_spectral must be one of"):
+        _model(cross_spectral="imag").init(jax.random.key(0), tokens, t, text)

@@ -64,10 +64,37 @@ def test_config_errors():
         text.make_text_encoder(text.text_config("t5"))
 
 
-def test_builtin_embeddings_are_distinct_and_informative(builtin):
+def _words_encoder(max_length=16):
+    return text.make_text_encoder(
+        text.text_config(
+            "builtin",
+            max_length=max_length,
+            builtin=dict(
+                tokens="words", d_model=128, num_layers=2, num_heads=4, d_kv=32, d_ff=256, seed=0
+            ),
+        )
+    )
+
+
+def test_word_tokenization():
+    encoder = _words_encoder(max_length=8)
+    assert encoder.name.startswith("builtin:words-")
+    ids, mask = encoder.tokenize(["A red star moves down-right.", "a RED Star"])
+    # Lower-cased words ("down-right" is one), "." its own word, then EOS and padding.
+    np.testing.assert_array_equal(mask.sum(1), [7, 4])
+    np.testing.assert_array_equal(ids[0, :3], ids[1, :3])
+    assert ids[0, 6] == 1 and ids[1, 3] == 1 and ids[1, 4:].max() == 0
+    assert len(set(ids[0, :6].tolist())) == 6 and ids[0, :6].min() >= 3
+    with pytest.raises(ValueError, match="text.builtin.tokens='chars'"):
+        text.make_text_encoder(text.text_config("builtin", builtin=dict(tokens="chars")))
+
+
+@pytest.mark.parametrize("tokens", ["bytes", "words"])
+def test_builtin_embeddings_are_distinct_and_informative(builtin, tokens):
+    encoder = builtin if tokens == "bytes" else _words_encoder(max_length=40)
     combos = list(itertools.product(COLORS, SHAPES, MOTIONS))
     captions = [f"a {c} {s} moves {m}" for c, s, m in combos]
-    emb, mask = builtin.embed(captions)
+    emb, mask = encoder.embed(captions)
     assert emb.dtype == np.float32 and emb.shape == (len(captions), 40, 128)
     assert np.all(emb[~mask] == 0) and np.all(np.isfinite(emb))
     flat = emb.reshape(len(captions), -1)

@@ -350,15 +350,20 @@ def score_caption(video: np.ndarray, caption: str, **vocab: Sequence[str]) -> di
     return result
 
 
-def temporal_consistency(video: np.ndarray, **vocab: Sequence[str]) -> dict[str, float]:
+def temporal_consistency(
+    video: np.ndarray, region: np.ndarray | None = None, **vocab: Sequence[str]
+) -> dict[str, float]:
     """Do tracked objects keep their colour and shape across frames?
+
+    `region` (optional bool (H, W) or (T, H, W), e.g. an inpainting hole) restricts the
+    tracks to objects touching it.
 
     Returns:
       {'color': mean over tracks of the fraction of frames agreeing with the track's
        majority colour, 'shape': the same for shape, 'consistent_tracks': fraction of
        tracks with no disagreeing frame, 'num_tracks'}.
     """
-    tracks = analyze_clip(video, **vocab)
+    tracks = analyze_clip(video, region=region, **vocab)
     if not tracks:
         return {"color": 0.0, "shape": 0.0, "consistent_tracks": 0.0, "num_tracks": 0}
     frac = {

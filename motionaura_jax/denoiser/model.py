@@ -20,11 +20,13 @@ The model knows no mesh: it names logical axes only (DESIGN.md section 5).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from motionaura_jax.nn.attention import SPECTRAL_MODES, SpectralAttention, rope_angles, spectral_mix
 from motionaura_jax.nn.layers import (
@@ -72,6 +74,7 @@ class SpectralBlock(nn.Module):
     num_heads: int
     mlp_ratio: float = 4.0
     spectral: str = "real"
+    cross_spectral: str = "real"
     residual: str = "paper"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -101,7 +104,9 @@ class SpectralBlock(nn.Module):
         )
         sublayers = [
             lambda h: SpectralAttention(**attn, name="self_attn")(h, rope=rope),
-            lambda h: SpectralAttention(**attn, name="cross_attn")(h, context, context_mask),
+            lambda h: SpectralAttention(
+                **{**attn, "spectral": self.cross_spectral}, name="cross_attn"
+            )(h, context, context_mask),
             lambda h: FeedForward(
                 width, self.mlp_ratio, self.dtype, self.param_dtype, **lora, name="mlp"
             )(h),
@@ -142,6 +147,9 @@ class SpectralTransformer(nn.Module):
       width, num_heads, depth, mlp_ratio: Table 2 shapes (see `VARIANTS`).
       text_dim: width of the text encoder's embeddings.
       spectral: 'real' | 'none' | 'hartley' (D6).
+      cross_spectral: the same choice for the cross-attention on the text; '' = `spectral`
+        (the paper's Eq. 4). 'none' with spectral 'real' (ours) keeps the Fourier mixing on
+        the video tokens but lets each token attend to the text tokens directly.
       pos_emb: 'rope' | 'sinusoidal' | 'rope3d' (rope3d: factorised frame/row/column RoPE).
       residual: 'paper' | 'prenorm'.
       scan_layers: stack blocks with `nn.scan` (params get a leading 'layers' axis).
@@ -150,6 +158,14 @@ class SpectralTransformer(nn.Module):
       default_fps: FPS used when the caller passes none.
       dtype / param_dtype: compute dtype (bfloat16 at scale) / parameter dtype.
       logits_dtype: dtype of the returned logits.
+      code_levels: () for the paper's head, a softmax over the K codes and a K-row token
+        table. The FSQ levels (ours, e.g. (8, 8, 8, 5, 5) for K = 12,800) factorise both
+        over the code's digits, as Open-MAGVIT2 and MaskBit do for large codebooks: a code
+        is embedded as the sum of its digits' embeddings, and the head predicts each digit
+        with its own softmax, log p(code) = sum_i log p_i(digit_i). The returned (B, L, K)
+        logits are those log-probabilities, so the loss, CFG and the samplers are the same
+        for both heads. The head costs sum(levels) = 34 outputs instead of 12,800, and
+        codes that share digits (similar colours, FSQ's grid) share statistics.
       lora_rank, lora_kind, lora_alpha: D10 adapters (stage 3); rank 0 = none, and then
         the parameter tree is exactly stage 2's.
 
@@ -175,6 +191,7 @@ class SpectralTransformer(nn.Module):
     mlp_ratio: float = 4.0
     text_dim: int = 256
     spectral: str = "real"
+    cross_spectral: str = ""
     pos_emb: str = "rope"
     residual: str = "paper"
     scan_layers: bool = True
@@ -182,6 +199,7 @@ class SpectralTransformer(nn.Module):
     time_emb_dim: int = 512
     rope_base: float = 10_000.0
     default_fps: float = 8.0
+    code_levels: tuple[int, ...] = ()
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     logits_dtype: Dtype = jnp.float32
@@ -192,6 +210,7 @@ class SpectralTransformer(nn.Module):
     def _check(self, tokens: jax.Array) -> None:
         for name, value, allowed in [
             ("spectral", self.spectral, SPECTRAL_MODES),
+            ("cross_spectral", self.cross_spectral, ("", *SPECTRAL_MODES)),
             ("pos_emb", self.pos_emb, POS_EMBS),
             ("residual", self.residual, RESIDUALS),
             ("remat", self.remat, REMAT_POLICIES),
@@ -200,6 +219,11 @@ class SpectralTransformer(nn.Module):
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.pos_emb == "rope3d" and tokens.ndim != 4:
             raise ValueError(f"pos_emb='rope3d' needs (B, n, h, w) tokens, got {tokens.shape}")
+        if self.code_levels and math.prod(self.code_levels) != self.vocab_size:
+            raise ValueError(
+                f"code_levels {tuple(self.code_levels)} give {math.prod(self.code_levels)} "
+                f"codes but vocab_size is {self.vocab_size}; pass the tokenizer's FSQ levels"
+            )
         if tokens.ndim not in (2, 4):
             raise ValueError(f"tokens must be (B, L) or (B, n, h, w), got {tokens.shape}")
 
@@ -232,11 +256,77 @@ class SpectralTransformer(nn.Module):
         # Padding rows are zeroed so that they cannot leak into the frequency bins.
         ctx = jnp.where(valid[..., None], ctx, 0).astype(self.dtype)
         ctx = nn.with_logical_constraint(ctx, (axes.BATCH, axes.LENGTH, axes.EMBED))
-        ctx = spectral_mix(ctx, self.spectral)
+        ctx = spectral_mix(ctx, self._cross_spectral)
         # After the FFT every frequency bin mixes all valid tokens, so the padding mask only
         # applies to keys in the spatial ('none') mode.
-        mask = valid if self.spectral == "none" else None
+        mask = valid if self._cross_spectral == "none" else None
         return ctx, mask
+
+    @property
+    def _cross_spectral(self) -> str:
+        return self.cross_spectral or self.spectral
+
+    def _digits(self, tokens: jax.Array) -> list[jax.Array]:
+        """FSQ's mixed-radix digits of codes (digit 0 varies fastest, as in `FSQ`)."""
+        basis = np.cumprod([1, *self.code_levels[:-1]])
+        return [(tokens // int(b)) % lv for b, lv in zip(basis, self.code_levels)]
+
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        """(B, L) ids in [0, K] -> (B, L, width) embeddings (see `code_levels`)."""
+        if not self.code_levels:
+            # K codes + [MASK], padded to a multiple of 128 rows so that the vocab axis
+            # divides evenly over any tensor-parallel mesh axis (unused rows are never read).
+            rows = -(-(self.vocab_size + 1) // 128) * 128
+            embed = self.param(
+                "token_embed",
+                partitioned(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
+                (rows, self.width),
+                self.param_dtype,
+            )
+            return jnp.take(embed, tokens, axis=0).astype(self.dtype)
+        # One table: each digit's rows at its offset, then one [MASK] row.
+        offsets = np.cumsum([0, *self.code_levels[:-1]])
+        embed = self.param(
+            "digit_embed",
+            partitioned(nn.initializers.normal(0.02), (None, axes.EMBED)),
+            (sum(self.code_levels) + 1, self.width),
+            self.param_dtype,
+        )
+        rows = jnp.stack([d + int(o) for d, o in zip(self._digits(tokens), offsets)], -1)
+        x = jnp.take(embed, rows, axis=0).sum(-2)
+        is_mask = (tokens == self.vocab_size)[..., None]
+        return jnp.where(is_mask, embed[-1], x).astype(self.dtype)
+
+    def _head(self, x: jax.Array) -> jax.Array:
+        """(B, L, width) -> (B, L, K) logits (log-probabilities with `code_levels`)."""
+        if not self.code_levels:
+            return nn.Dense(
+                self.vocab_size,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=partitioned(dense_init(0.02), (axes.EMBED, axes.VOCAB)),
+                bias_init=partitioned(nn.initializers.zeros, (axes.VOCAB,)),
+                name="head",
+            )(x)
+        levels = tuple(self.code_levels)
+        digit_logits = nn.Dense(
+            sum(levels),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(0.02), (axes.EMBED, None)),
+            bias_init=partitioned(nn.initializers.zeros, (None,)),
+            name="digit_head",
+        )(x).astype(jnp.float32)
+        # Code c = sum_i digit_i * prod(levels[:i]): in C order its last axis is digit 0,
+        # so the K axis is the (levels[-1], ..., levels[0]) grid flattened.
+        lead, n = x.shape[:-1], len(levels)
+        splits = np.cumsum(levels[:-1])
+        log_probs = jnp.zeros(lead + (1,) * n, jnp.float32)
+        for i, part in enumerate(jnp.split(digit_logits, splits, axis=-1)):
+            shape = [1] * n
+            shape[n - 1 - i] = levels[i]
+            log_probs = log_probs + jax.nn.log_softmax(part, -1).reshape(lead + tuple(shape))
+        return log_probs.reshape(lead + (self.vocab_size,))
 
     def _blocks(self):
         block = SpectralBlock
@@ -248,6 +338,7 @@ class SpectralTransformer(nn.Module):
             num_heads=self.num_heads,
             mlp_ratio=self.mlp_ratio,
             spectral=self.spectral,
+            cross_spectral=self._cross_spectral,
             residual=self.residual,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -286,16 +377,7 @@ class SpectralTransformer(nn.Module):
         if fps is None:
             fps = jnp.full((b,), self.default_fps, jnp.float32)
 
-        # K codes + [MASK], padded to a multiple of 128 rows so that the vocab axis
-        # divides evenly over any tensor-parallel mesh axis (unused rows are never read).
-        rows = -(-(self.vocab_size + 1) // 128) * 128
-        embed = self.param(
-            "token_embed",
-            partitioned(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
-            (rows, self.width),
-            self.param_dtype,
-        )
-        x = jnp.take(embed, tokens, axis=0).astype(self.dtype)
+        x = self._embed(tokens)
         if extra_embeds is not None:
             x = jnp.concatenate([x, extra_embeds.astype(self.dtype)], axis=1)
         total = x.shape[1]
@@ -334,14 +416,7 @@ class SpectralTransformer(nn.Module):
             axis=1,
         )
         x = modulate(LayerNorm()(x), shift, scale)
-        logits = nn.Dense(
-            self.vocab_size,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=partitioned(dense_init(0.02), (axes.EMBED, axes.VOCAB)),
-            bias_init=partitioned(nn.initializers.zeros, (axes.VOCAB,)),
-            name="head",
-        )(x)
+        logits = self._head(x)
         logits = logits[:, :length]  # extra tokens get no logits
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
         return logits.astype(self.logits_dtype)

@@ -41,7 +41,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import warnings
+import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -78,6 +80,35 @@ class ByteTokenizer:
 
     def token_ids(self, captions: Sequence[str]) -> list[list[int]]:
         return [[b + self.offset for b in c.encode("utf-8")] for c in captions]
+
+
+class WordTokenizer:
+    """Words as tokens, hashed into a fixed table: 0 = pad, 1 = EOS, 2 unused, a word w ->
+    3 + crc32(w) mod 8189. Words are lower-cased runs of letters, digits, "'" and "-"
+    ("down-right" is one word); every other non-space character is a word of its own.
+
+    Hashing needs no vocabulary file and encodes any caption; two words can share an id
+    (probability ~1/8189 per pair; the 31 words of the `shapes` templates do not).
+    """
+
+    pad_id = 0
+    eos_id = 1
+    offset = 3
+    vocab_size = 8192
+    _WORD = re.compile(r"[\w'-]+|[^\w\s]")
+
+    def token_ids(self, captions: Sequence[str]) -> list[list[int]]:
+        buckets = self.vocab_size - self.offset
+        return [
+            [
+                self.offset + zlib.crc32(w.encode("utf-8")) % buckets
+                for w in self._WORD.findall(c.lower())
+            ]
+            for c in captions
+        ]
+
+
+BUILTIN_TOKENIZERS = {"bytes": ByteTokenizer, "words": WordTokenizer}
 
 
 class HFTokenizer:
@@ -235,7 +266,7 @@ def text_config(kind: str = "builtin", **overrides: Any) -> ml_collections.Confi
     cfg.path = ""
     cfg.precomputed_path = ""
     cfg.builtin = ml_collections.ConfigDict(
-        dict(d_model=128, num_layers=2, num_heads=4, d_kv=32, d_ff=256, seed=0)
+        dict(tokens="bytes", d_model=128, num_layers=2, num_heads=4, d_kv=32, d_ff=256, seed=0)
     )
     for key, value in overrides.items():
         if key not in cfg:
@@ -244,18 +275,27 @@ def text_config(kind: str = "builtin", **overrides: Any) -> ml_collections.Confi
     return cfg
 
 
+def builtin_tokenizer(builtin: ml_collections.ConfigDict) -> ByteTokenizer | WordTokenizer:
+    """The built-in encoder's tokenizer: `builtin.tokens` is 'bytes' or 'words'."""
+    kind = builtin.get("tokens", "bytes")
+    if kind not in BUILTIN_TOKENIZERS:
+        raise ValueError(f"text.builtin.tokens={kind!r}; use one of {sorted(BUILTIN_TOKENIZERS)}")
+    return BUILTIN_TOKENIZERS[kind]()
+
+
 def builtin_t5_config(builtin: ml_collections.ConfigDict) -> T5Config:
-    """The T5 hyper-parameters of the built-in byte-level encoder."""
+    """The T5 hyper-parameters of the built-in encoder."""
+    tokenizer = builtin_tokenizer(builtin)
     return T5Config(
-        vocab_size=ByteTokenizer.vocab_size,
+        vocab_size=tokenizer.vocab_size,
         d_model=builtin.d_model,
         d_kv=builtin.d_kv,
         d_ff=builtin.d_ff,
         num_layers=builtin.num_layers,
         num_heads=builtin.num_heads,
         feed_forward_proj="gated-gelu",
-        pad_token_id=ByteTokenizer.pad_id,
-        eos_token_id=ByteTokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+        eos_token_id=tokenizer.eos_id,
     )
 
 
@@ -274,11 +314,12 @@ def make_text_encoder(config: ml_collections.ConfigDict) -> TextEncoder:
         t5_cfg = builtin_t5_config(b)
         params = jax.tree.map(lambda x: x.astype(dtype), init_t5_params_numpy(t5_cfg, b.seed))
         name = (
-            f"builtin:bytes-d{b.d_model}-l{b.num_layers}-h{b.num_heads}-kv{b.d_kv}"
+            f"builtin:{b.get('tokens', 'bytes')}-d{b.d_model}-l{b.num_layers}-h{b.num_heads}"
+            f"-kv{b.d_kv}"
             f"-ff{b.d_ff}-seed{b.seed}"
         )
         module = T5Encoder(t5_cfg, dtype=dtype, param_dtype=dtype)
-        return TextEncoder(name, module, ByteTokenizer(), params, **common)
+        return TextEncoder(name, module, builtin_tokenizer(b), params, **common)
     if not config.path:
         raise ValueError(
             "text config kind='t5' needs config.path: a local folder with the T5 "

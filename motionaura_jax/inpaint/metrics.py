@@ -46,11 +46,20 @@ def score_inpainting(
       recon: the tokenizer's reconstructions D(E(V)) of the inputs.
       examples: `inpaint.data.make_example` dicts (video, mask, shape, color).
       vocab: optional `colors` / `shapes` lists that restrict the oracle's choices.
+
+    `inpaint_temporal_color` / `_shape`: the mean over clips of the fraction of frames in
+    which the object tracked in the hole keeps its majority colour / shape (0 for a clip
+    where no object is tracked there).
     """
     vocab = dict(vocab or {})
     shape_hits, color_hits, found, psnr, ref = [], [], [], [], []
+    held = {"color": [], "shape": []}
     for out, hat, rec, ex in zip(outputs, raw, recon, examples, strict=True):
-        read = oracle.object_in_region(np.asarray(out, np.float32), ex["mask"], **vocab)
+        out = np.asarray(out, np.float32)
+        read = oracle.object_in_region(out, ex["mask"], **vocab)
+        consistency = oracle.temporal_consistency(out, region=ex["mask"], **vocab)
+        for key in held:
+            held[key].append(consistency[key])
         found.append(read["found"])
         shape_hits.append(read["shape"] == SHAPES[int(ex["shape"])])
         color_hits.append(read["color"] == COLORS[int(ex["color"])])
@@ -60,6 +69,8 @@ def score_inpainting(
         "inpaint_shape": float(np.mean(shape_hits)),
         "inpaint_color": float(np.mean(color_hits)),
         "inpaint_found": float(np.mean(found)),
+        "inpaint_temporal_color": float(np.mean(held["color"])),
+        "inpaint_temporal_shape": float(np.mean(held["shape"])),
         "psnr_outside_mask": float(np.mean(psnr)),
         "reference_psnr_outside_mask": float(np.mean(ref)),
     }

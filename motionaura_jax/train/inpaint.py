@@ -111,9 +111,7 @@ def load_parts(config: ml_collections.ConfigDict, workdir: str | None) -> Inpain
     tok_dir = config.tokenizer_dir or t2v.tokenizer_dir(base_config, os.path.dirname(folder))
     tokenizer = t2v_data.load_tokenizer(tok_dir, int(base_config.get("tokenizer_step", -1)))
     text = make_text_encoder(base_config.text)
-    base_model = t2v.build_denoiser(
-        base_config.model, vocab_size=tokenizer.vocab_size, text_dim=text.dim
-    )
+    base_model = t2v.build_denoiser(base_config.model, tokenizer, text.dim)
     lora = config.lora
     if lora.kind not in lora_lib.ADAPTER_KINDS:
         raise ValueError(f"lora.kind={lora.kind!r}; use one of {lora_lib.ADAPTER_KINDS}")

@@ -83,13 +83,14 @@ def open_cache(
 
 
 def build_denoiser(
-    model_config: ml_collections.ConfigDict, *, vocab_size: int, text_dim: int
+    model_config: ml_collections.ConfigDict, tokenizer: t2v_data.FrozenTokenizer, text_dim: int
 ) -> SpectralTransformer:
-    """The `SpectralTransformer` of `config.model`; vocab_size / text_dim 0 = take the
-    tokenizer's codebook size / the text encoder's width."""
+    """The `SpectralTransformer` of `config.model` for `tokenizer`'s codes. vocab_size /
+    text_dim 0 = take the tokenizer's codebook size / the text encoder's width;
+    `digit_head` = factorise the codes over the tokenizer's FSQ levels (`code_levels`)."""
     fields = dict(model_config)
     for name, actual, source in (
-        ("vocab_size", vocab_size, "tokenizer codebook"),
+        ("vocab_size", tokenizer.vocab_size, "tokenizer codebook"),
         ("text_dim", text_dim, "text encoder width"),
     ):
         if fields.get(name) and fields[name] != actual:
@@ -98,6 +99,14 @@ def build_denoiser(
                 f"--config.model.{name}=0 to take it from there"
             )
         fields[name] = actual
+    if fields.pop("digit_head", False):
+        if not tokenizer.code_levels:
+            raise ValueError(
+                "model.digit_head=True needs an FSQ tokenizer (its codes have digits), but "
+                f"the tokenizer in {tokenizer.folder!r} uses "
+                f"{tokenizer.config.model.quantizer.name!r}; set --config.model.digit_head=False"
+            )
+        fields["code_levels"] = tokenizer.code_levels
     for name in ("dtype", "param_dtype", "logits_dtype"):
         if name in fields:
             if fields[name] not in _DTYPES:
@@ -275,7 +284,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
         raise ValueError(f"tokens.source={config.tokens.source!r}; use one of {TOKEN_SOURCES}")
     tokenizer = t2v_data.load_tokenizer(tokenizer_dir(config, workdir), config.tokenizer_step)
     text = t2v_data.make_text(config)
-    denoiser = build_denoiser(config.model, vocab_size=tokenizer.vocab_size, text_dim=text.dim)
+    denoiser = build_denoiser(config.model, tokenizer, text.dim)
     diffusion = diffusion_config(config, tokenizer.vocab_size)
     grid = tokenizer.token_grid(config.data.frames, config.data.height, config.data.width)
     use_cache = config.tokens.source == "cache"

@@ -67,6 +67,12 @@ class FrozenTokenizer:
         """K, the number of codes (the denoiser's [MASK] id)."""
         return int(self.model.codebook_size)
 
+    @property
+    def code_levels(self) -> tuple[int, ...]:
+        """The FSQ levels whose product is K, or () for a codebook without digits."""
+        quantizer = self.config.model.quantizer
+        return tuple(int(v) for v in quantizer.levels) if quantizer.name == "fsq" else ()
+
     def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(n, h, w) of the tokens of a (frames, height, width) clip."""
         tf, sf = self.model.temporal_factor, self.model.spatial_factor
