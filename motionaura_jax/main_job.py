@@ -55,6 +55,9 @@ TARGETS = {
     "tokenizer/psnr": ">= 30 dB",
     "t2v/caption_color": ">= 0.90",
     "t2v/caption_motion": ">= 0.90",
+    "inpaint/inpaint_shape": ">= 0.80",
+    "inpaint/inpaint_color": ">= 0.80",
+    "inpaint/psnr_outside_gap_db": "<= 1 dB",
 }
 CURVE_KEYS = {
     "tokenizer": ("loss", "rec_loss", "mfi_accuracy", "codebook_usage"),

@@ -88,3 +88,24 @@ def test_bad_prompts_and_outputs(pipe, base_run, tmp_path):
         pipelines.save_video(str(tmp_path / "x.npy"), np.zeros(CLIP, np.float32))
     with pytest.raises(FileNotFoundError, match="no t2v checkpoint"):
         pipelines.TextToVideo.from_workdir(str(tmp_path))
+
+
+def test_text_usage_probe_masks_object_tokens_per_latent_frame():
+    from tools import text_usage_probe
+
+    masks = np.zeros((1, 2, 9, 64, 64), np.uint8)  # (B, objects, T, H, W)
+    masks[0, 1, 6, 20:24, 40:44] = 1  # frame 6 only: latent frame 2 (frames 5-8)
+    hole = text_usage_probe.object_tokens(masks, (3, 8, 8), temporal=4)
+    assert hole.shape == (1, 3, 8, 8) and not hole[0, :2].any()
+    # Token (2, 5) holds the object; dilation adds its 8 neighbours.
+    np.testing.assert_array_equal(np.argwhere(hole[0, 2]).min(0), [1, 4])
+    np.testing.assert_array_equal(np.argwhere(hole[0, 2]).max(0), [3, 6])
+
+
+def test_text_usage_probe_scores_true_and_shuffled_captions(base_run):
+    from tools import text_usage_probe
+
+    result = text_usage_probe.probe(base_run, num_clips=2, steps=2)
+    assert 0.0 < result["object_token_fraction"] < 1.0
+    for name in ("true", "shuffled"):
+        assert 0.0 <= result[name]["caption_color"] <= 1.0

@@ -28,7 +28,13 @@ from motionaura_jax import main_job  # noqa: E402
 
 # name -> config variant
 TOKENIZER_VARIANTS = {"toy": "toy", "no_mfi": "toy,no_mfi", "no_mask": "toy,no_mask"}
-T2V_VARIANTS = {"rope": "toy", "no_fft": "no_fft", "hartley": "hartley", "sinusoidal": "sinusoidal"}
+T2V_VARIANTS = {
+    "rope": "toy",
+    "no_fft": "no_fft",
+    "hartley": "hartley",
+    "sinusoidal": "sinusoidal",
+    "paper_cross": "paper_cross",  # Eq. 4's spectral cross-attention
+}
 TOKENIZER_KEYS = ("psnr", "ssim", "codebook_usage", "perplexity")
 T2V_KEYS = ("caption_color", "caption_shape", "caption_motion", "caption_mean", "caption_all")
 BASE_TOKENIZER = "toy"  # the tokenizer every t2v variant is trained on

@@ -344,13 +344,8 @@ def cache_iterator(
     shuffle: bool = True,
 ) -> grain.DatasetIterator:
     """Endless per-host batches of cache rows, reshuffled every epoch; checkpointable."""
-    plan = pipeline.BatchPlan(
-        [{"batch_size": global_batch_size, "ratio": 1.0}],
-        len(cache),
-        seed=seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        shuffle=shuffle,
+    plan = t2v_data.cache_plan(
+        len(cache), global_batch_size=global_batch_size, seed=seed, shuffle=shuffle
     )
     loader = _CacheBatches(cache.path, plan, seed, jitter_px)
     loader._cache = cache

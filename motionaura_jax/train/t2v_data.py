@@ -417,18 +417,26 @@ class _CacheBatches:
         return self._cache.batch(self.plan(int(step))[1])
 
 
-def cache_iterator(
-    cache: TokenCache, *, global_batch_size: int, seed: int, shuffle: bool = True
-) -> grain.DatasetIterator:
-    """Endless per-host batches of cache rows, reshuffled every epoch; checkpointable."""
-    plan = pipeline.BatchPlan(
+def cache_plan(
+    num_rows: int, *, global_batch_size: int, seed: int, shuffle: bool = True
+) -> pipeline.BatchPlan:
+    """This host's share of endless batches over `num_rows` cache rows, reshuffled every
+    epoch (shared by the t2v and inpaint caches)."""
+    return pipeline.BatchPlan(
         [{"batch_size": global_batch_size, "ratio": 1.0}],
-        len(cache),
+        num_rows,
         seed=seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         shuffle=shuffle,
     )
+
+
+def cache_iterator(
+    cache: TokenCache, *, global_batch_size: int, seed: int, shuffle: bool = True
+) -> grain.DatasetIterator:
+    """Endless per-host batches of cache rows, reshuffled every epoch; checkpointable."""
+    plan = cache_plan(len(cache), global_batch_size=global_batch_size, seed=seed, shuffle=shuffle)
     loader = _CacheBatches(cache.path, plan)
     loader._cache = cache
     return iter(grain.MapDataset.range(len(plan)).map(loader).to_iter_dataset())
