@@ -40,6 +40,7 @@ from motionaura_jax.nn.layers import (
     sinusoidal_embedding,
 )
 from motionaura_jax.parallel import axes
+from motionaura_jax.tokenizer.quantizers import fsq_digits
 
 Dtype = Any
 POS_EMBS = ("rope", "sinusoidal", "rope3d")
@@ -56,6 +57,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "M": dict(width=2048, num_heads=16, depth=28, text_dim=4096),
     "L": dict(width=4096, num_heads=32, depth=37, text_dim=4096),
 }
+
+
+def padded_vocab_rows(vocab_size: int) -> int:
+    """Rows of a token table for K codes + [MASK], padded to a multiple of 128 so that the
+    vocab axis divides evenly over any tensor-parallel mesh axis (unused rows are never
+    read)."""
+    return -(-(vocab_size + 1) // 128) * 128
 
 
 class SpectralBlock(nn.Module):
@@ -266,21 +274,13 @@ class SpectralTransformer(nn.Module):
     def _cross_spectral(self) -> str:
         return self.cross_spectral or self.spectral
 
-    def _digits(self, tokens: jax.Array) -> list[jax.Array]:
-        """FSQ's mixed-radix digits of codes (digit 0 varies fastest, as in `FSQ`)."""
-        basis = np.cumprod([1, *self.code_levels[:-1]])
-        return [(tokens // int(b)) % lv for b, lv in zip(basis, self.code_levels)]
-
     def _embed(self, tokens: jax.Array) -> jax.Array:
         """(B, L) ids in [0, K] -> (B, L, width) embeddings (see `code_levels`)."""
         if not self.code_levels:
-            # K codes + [MASK], padded to a multiple of 128 rows so that the vocab axis
-            # divides evenly over any tensor-parallel mesh axis (unused rows are never read).
-            rows = -(-(self.vocab_size + 1) // 128) * 128
             embed = self.param(
                 "token_embed",
                 partitioned(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
-                (rows, self.width),
+                (padded_vocab_rows(self.vocab_size), self.width),
                 self.param_dtype,
             )
             return jnp.take(embed, tokens, axis=0).astype(self.dtype)
@@ -292,7 +292,7 @@ class SpectralTransformer(nn.Module):
             (sum(self.code_levels) + 1, self.width),
             self.param_dtype,
         )
-        rows = jnp.stack([d + int(o) for d, o in zip(self._digits(tokens), offsets)], -1)
+        rows = fsq_digits(tokens, self.code_levels) + jnp.asarray(offsets, jnp.int32)
         x = jnp.take(embed, rows, axis=0).sum(-2)
         is_mask = (tokens == self.vocab_size)[..., None]
         return jnp.where(is_mask, embed[-1], x).astype(self.dtype)
@@ -415,9 +415,8 @@ class SpectralTransformer(nn.Module):
             AdaLNModulation(self.width, 2, self.dtype, self.param_dtype, name="final_mod")(cond),
             axis=1,
         )
-        x = modulate(LayerNorm()(x), shift, scale)
-        logits = self._head(x)
-        logits = logits[:, :length]  # extra tokens get no logits
+        x = x[:, :length]  # extra tokens get no logits: the head never sees them
+        logits = self._head(modulate(LayerNorm()(x), shift, scale))
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
         return logits.astype(self.logits_dtype)
 

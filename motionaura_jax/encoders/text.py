@@ -315,8 +315,7 @@ def make_text_encoder(config: ml_collections.ConfigDict) -> TextEncoder:
         params = jax.tree.map(lambda x: x.astype(dtype), init_t5_params_numpy(t5_cfg, b.seed))
         name = (
             f"builtin:{b.get('tokens', 'bytes')}-d{b.d_model}-l{b.num_layers}-h{b.num_heads}"
-            f"-kv{b.d_kv}"
-            f"-ff{b.d_ff}-seed{b.seed}"
+            f"-kv{b.d_kv}-ff{b.d_ff}-seed{b.seed}"
         )
         module = T5Encoder(t5_cfg, dtype=dtype, param_dtype=dtype)
         return TextEncoder(name, module, builtin_tokenizer(b), params, **common)

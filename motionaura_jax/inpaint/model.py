@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from motionaura_jax.denoiser.model import SpectralTransformer
+from motionaura_jax.denoiser.model import SpectralTransformer, padded_vocab_rows
 from motionaura_jax.inpaint.sketch import SketchProjector
 from motionaura_jax.nn import lora as lora_lib
 from motionaura_jax.nn.layers import partitioned
@@ -70,11 +70,10 @@ class InpaintDenoiser(nn.Module):
     def __call__(self, z_t, z_m, sketch_feats, t, text, text_mask=None, fps=None, drop_text=None):
         base = self.base
         b = z_t.shape[0]
-        rows = -(-(base.vocab_size + 1) // 128) * 128  # the base table's padded rows
         table = self.param(
             "masked_embed",
             partitioned(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
-            (rows, base.width),
+            (padded_vocab_rows(base.vocab_size), base.width),
             base.param_dtype,
         )
         zm = jnp.take(table, z_m.reshape(b, -1), axis=0).astype(base.dtype)

@@ -61,6 +61,13 @@ def _dense(features: int, cin: int, name: str) -> nn.Dense:
     )
 
 
+def fsq_digits(indices: jax.Array, levels: Sequence[int]) -> jax.Array:
+    """(...) int mixed-radix code indices -> (..., len(levels)) int32 digits, digit 0
+    varying fastest (index = sum_i digit_i * prod(levels[:i]))."""
+    basis = jnp.asarray(np.cumprod([1, *levels[:-1]]), jnp.int32)
+    return (indices[..., None].astype(jnp.int32) // basis) % jnp.asarray(levels, jnp.int32)
+
+
 class FSQ(nn.Module):
     """Finite scalar quantization (D3 default): project d -> len(levels), bound each dim
     to `levels[i]` integer values with tanh, round (straight-through), project back."""
@@ -117,8 +124,8 @@ class FSQ(nn.Module):
 
     def indices_to_codes(self, indices: jax.Array) -> jax.Array:
         """(...) int32 -> (..., len(levels)) codes in [-1, 1]."""
-        levels, half_width, basis = self._consts()
-        digits = (indices[..., None] // basis) % levels.astype(jnp.int32)
+        _, half_width, _ = self._consts()
+        digits = fsq_digits(indices, self.levels)
         return (digits.astype(jnp.float32) - half_width) / half_width
 
     def embed(self, indices: jax.Array) -> jax.Array:
