@@ -1,11 +1,14 @@
 """The spectral transformer against a NumPy reference of Eqs. 2-5, switches, scan, dtypes."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from motionaura_jax.denoiser.diffusion import masked_cross_entropy
 from motionaura_jax.denoiser.model import (
     SpectralTransformer,
     abstract_params,
@@ -297,6 +300,19 @@ def test_digit_head_is_the_product_of_per_digit_softmaxes():
     want = sum(lp[(codes // b) % lv] for lp, b, lv in zip(log_p, (1, 4, 8), levels))
     np.testing.assert_allclose(logits[0, 0], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.exp(logits).sum(-1), 1.0, rtol=1e-5)
+    # Training's digit-space loss is the K-way cross-entropy of these log-probabilities.
+    digit_logits = jax.jit(functools.partial(model.apply, digit_logits=True))(
+        {"params": params}, tokens, t, text, mask, fps
+    )
+    assert digit_logits.shape == (*logits.shape[:2], sum(levels))
+    targets = jax.random.randint(jax.random.key(1), logits.shape[:2], 0, VOCAB)
+    masked = jax.random.bernoulli(jax.random.key(2), 0.5, logits.shape[:2])
+    want_loss, want = masked_cross_entropy(logits, targets, masked)
+    got_loss, got = masked_cross_entropy(digit_logits, targets, masked, code_levels=levels)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+    np.testing.assert_allclose(got["masked_accuracy"], want["masked_accuracy"])
+    with pytest.raises(ValueError, match="digit head"):
+        _model().init(jax.random.key(0), tokens, t, text, digit_logits=True)
     # Codes that share digits share embedding rows: 35 embedding rows, not 41.
     assert params["digit_embed"].shape == (sum(levels) + 1, WIDTH)
     with pytest.raises(ValueError, match="code_levels"):

@@ -37,7 +37,10 @@ def test_every_variant_builds(variant):
     assert model.temporal_factor == 4 and model.spatial_factor == spatial
     expected = {"vq": 4096, "lfq": 8192, "gumbel": 256}.get(variant, 12_800)
     assert model.codebook_size == expected
-    assert (model.mfi_head is None) == (variant == "no_mfi")
+    # The toy trains without masking and so without the MFI head; `toy,masked` has both.
+    assert (model.mfi_head is None) == (variant in ("no_mfi", "toy"))
+    assert c.masking.patch == (variant not in ("toy", "no_mask", "no_patch_mask"))
+    assert c.masking.frame == (variant not in ("toy", "no_mask", "no_frame_mask"))
     if variant == "paper":
         assert c.optimizer.lr == 1e-4 and c.optimizer.grad_accum == 8
         assert c.model.dtype == "float32"
@@ -49,8 +52,16 @@ def test_every_variant_builds(variant):
         tok_config.get_config("toy,pq")
 
 
+def test_toy_masked_restores_masking_and_mfi():
+    c = tok_config.get_config("toy,masked")
+    assert c.masking.patch and c.masking.frame
+    assert c.model.mfi_hidden == 64 and c.loss.mfi_weight == 0.1
+    c = tok_config.get_config("toy,masked,no_mfi")
+    assert c.masking.patch and c.model.mfi_hidden == 0 and c.loss.mfi_weight == 0.0
+
+
 def test_stage_init_loss_and_evaluate():
-    c = _tiny("toy")
+    c = _tiny("toy,masked")
     stage = tok_stage.build(c)
     batch = next(stage.data("train", 0))
     assert batch["video"].shape == (2, 5, 32, 32, 3)
@@ -87,7 +98,7 @@ def test_stage_init_loss_and_evaluate():
 
 
 def test_no_mfi_variant_has_no_mfi_loss():
-    c = _tiny("toy,no_mfi")
+    c = _tiny("toy,masked,no_mfi")
     stage = tok_stage.build(c)
     batch = {"video": jax.ShapeDtypeStruct((2, 5, 32, 32, 3), jnp.float32)}
     key = jax.random.key(0)

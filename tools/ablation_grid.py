@@ -3,8 +3,8 @@
   python tools/ablation_grid.py --root=runs/ablations --seconds=300
   python tools/ablation_grid.py --root=runs/ablations --steps=200 --only=t2v
 
-Tokenizer variants (configs/tokenizer.py) train in ROOT/tokenizer-<name>/: the toy and
-its no-MFI and no-masking ablations. T2V variants (configs/t2v.py) train in
+Tokenizer variants (configs/tokenizer.py) train in ROOT/tokenizer-<name>/: the toy
+(no masking), with the paper's masking + MFI, and with masking but no MFI. T2V variants (configs/t2v.py) train in
 ROOT/t2v-<name>/: RoPE with the real-FFT mixing (the toy), no FFT, Hartley, sinusoidal
 positions; all of them read the tokenizer of ROOT/tokenizer-toy and share one token
 cache, ROOT/t2v_tokens.npz. `--steps` / `--seconds` set `train.num_steps` /
@@ -27,7 +27,9 @@ from motionaura_jax import config as config_lib  # noqa: E402
 from motionaura_jax import main_job  # noqa: E402
 
 # name -> config variant
-TOKENIZER_VARIANTS = {"toy": "toy", "no_mfi": "toy,no_mfi", "no_mask": "toy,no_mask"}
+# The toy trains without masking (configs/tokenizer.py); the paper's masking + MFI, and
+# masking without MFI, are its ablations here.
+TOKENIZER_VARIANTS = {"toy": "toy", "masked": "toy,masked", "masked_no_mfi": "toy,masked,no_mfi"}
 T2V_VARIANTS = {
     "rope": "toy",
     "no_fft": "no_fft",

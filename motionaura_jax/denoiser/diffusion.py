@@ -20,6 +20,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from motionaura_jax.tokenizer.quantizers import fsq_digits
 
 SCHEDULES = ("cosine", "linear", "square", "cubic", "sqrt")
 
@@ -54,6 +57,8 @@ class DiffusionConfig:
         t = k / T, k ~ U{1..T} (T = 30, Table 10).
       p_uncond: probability of dropping the text condition (CFG; 0.1).
       label_smoothing: optional smoothing of the masked-token targets.
+      code_levels: the denoiser's digit head levels (`SpectralTransformer.code_levels`);
+        non-empty: the loss reads per-digit logits (`digit_cross_entropy`).
     """
 
     vocab_size: int = 12_800
@@ -61,6 +66,7 @@ class DiffusionConfig:
     num_steps: int = 0
     p_uncond: float = 0.1
     label_smoothing: float = 0.0
+    code_levels: tuple[int, ...] = ()
 
     @property
     def mask_id(self) -> int:
@@ -109,18 +115,10 @@ def corrupt(
     return jnp.where(masked, mask_id, tokens).astype(jnp.int32), masked
 
 
-def masked_cross_entropy(
-    logits: jax.Array, targets: jax.Array, masked: jax.Array, label_smoothing: float = 0.0
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean cross-entropy over masked positions of the whole batch, plus metrics.
-
-    Args:
-      logits: (B, L, K) float.
-      targets: (B, L) int32 clean codes.
-      masked: (B, L) bool.
-    Returns:
-      (loss, {'loss', 'masked_accuracy', 'mask_ratio'}).
-    """
+def _token_cross_entropy(
+    logits: jax.Array, targets: jax.Array, label_smoothing: float
+) -> tuple[jax.Array, jax.Array]:
+    """(B, L, K) logits, (B, L) targets -> (B, L) cross-entropy and (B, L) argmax hit."""
     logits = logits.astype(jnp.float32)
     # One max pass serves the stable logsumexp and the accuracy (logits are the largest
     # tensor of the step: B * L * 12,800 floats, so each extra pass over them costs).
@@ -134,10 +132,43 @@ def masked_cross_entropy(
         ce = lse - (1 - label_smoothing) * target_logit - label_smoothing * mean_logit
     else:
         ce = lse - target_logit
+    return ce, target_logit >= top[..., 0]
+
+
+def masked_cross_entropy(
+    logits: jax.Array,
+    targets: jax.Array,
+    masked: jax.Array,
+    label_smoothing: float = 0.0,
+    code_levels: tuple[int, ...] = (),
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean cross-entropy over masked positions of the whole batch, plus metrics.
+
+    Args:
+      logits: (B, L, K) float; with `code_levels`, (B, L, sum(code_levels)) per-digit
+        logits of a digit head, and the cross-entropy of a code is the sum of its
+        digits' (exactly -log p(code) of the factorised head; label smoothing applies
+        per digit).
+      targets: (B, L) int32 clean codes.
+      masked: (B, L) bool.
+    Returns:
+      (loss, {'loss', 'masked_accuracy', 'mask_ratio'}).
+    """
+    if code_levels:
+        digits = fsq_digits(targets, code_levels)
+        parts = jnp.split(logits, np.cumsum(code_levels[:-1]), axis=-1)
+        per_digit = [
+            _token_cross_entropy(part, digits[..., i], label_smoothing)
+            for i, part in enumerate(parts)
+        ]
+        ce = sum(c for c, _ in per_digit)
+        hit = jnp.all(jnp.stack([h for _, h in per_digit]), axis=0)
+    else:
+        ce, hit = _token_cross_entropy(logits, targets, label_smoothing)
     w = masked.astype(jnp.float32)
     n = jnp.maximum(w.sum(), 1.0)
     loss = (ce * w).sum() / n
-    acc = ((target_logit >= top[..., 0]) * w).sum() / n
+    acc = (hit * w).sum() / n
     return loss, {"loss": loss, "masked_accuracy": acc, "mask_ratio": w.mean()}
 
 
@@ -168,6 +199,7 @@ def diffusion_loss(
     t = sample_time(r_t, b, config.num_steps)
     z_t, masked = corrupt(r_mask, tokens, t, config.mask_id, config.schedule, batch.get("known"))
     drop = jax.random.bernoulli(r_drop, config.p_uncond, (b,))
+    digits = {"digit_logits": True} if config.code_levels else {}
     logits = apply_fn(
         {"params": params},
         z_t,
@@ -176,8 +208,13 @@ def diffusion_loss(
         text_mask=batch.get("text_mask"),
         fps=batch.get("fps"),
         drop_text=drop,
+        **digits,
     )
     loss, metrics = masked_cross_entropy(
-        logits, tokens.reshape(b, -1), masked.reshape(b, -1), config.label_smoothing
+        logits,
+        tokens.reshape(b, -1),
+        masked.reshape(b, -1),
+        config.label_smoothing,
+        config.code_levels,
     )
     return loss, {**metrics, "mean_t": t.mean()}

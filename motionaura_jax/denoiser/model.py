@@ -171,9 +171,11 @@ class SpectralTransformer(nn.Module):
         over the code's digits, as Open-MAGVIT2 and MaskBit do for large codebooks: a code
         is embedded as the sum of its digits' embeddings, and the head predicts each digit
         with its own softmax, log p(code) = sum_i log p_i(digit_i). The returned (B, L, K)
-        logits are those log-probabilities, so the loss, CFG and the samplers are the same
-        for both heads. The head costs sum(levels) = 34 outputs instead of 12,800, and
-        codes that share digits (similar colours, FSQ's grid) share statistics.
+        logits are those log-probabilities, so CFG and the samplers are the same for both
+        heads; training asks for the digit logits (`digit_logits=True`) and sums per-digit
+        cross-entropies, which is the same loss without the (B, L, K) tensor. The head
+        costs sum(levels) = 34 outputs instead of 12,800, and codes that share digits
+        (similar colours, FSQ's grid) share statistics.
       lora_rank, lora_kind, lora_alpha: D10 adapters (stage 3); rank 0 = none, and then
         the parameter tree is exactly stage 2's.
 
@@ -188,6 +190,8 @@ class SpectralTransformer(nn.Module):
         masked-video tokens and sketch features, D10); they take part in every block but
         get no logits. RoPE positions continue the sequence (rope3d: as further frames of
         the same h x w grid).
+      digit_logits: with `code_levels`, return the (B, L, sum(code_levels)) per-digit
+        logits instead of the K-way log-probabilities (training; see `code_levels`).
     Returns:
       (B, L, K) logits, L = n * h * w.
     """
@@ -297,8 +301,9 @@ class SpectralTransformer(nn.Module):
         is_mask = (tokens == self.vocab_size)[..., None]
         return jnp.where(is_mask, embed[-1], x).astype(self.dtype)
 
-    def _head(self, x: jax.Array) -> jax.Array:
-        """(B, L, width) -> (B, L, K) logits (log-probabilities with `code_levels`)."""
+    def _head(self, x: jax.Array, digit_logits: bool = False) -> jax.Array:
+        """(B, L, width) -> (B, L, K) logits (log-probabilities with `code_levels`), or
+        with `digit_logits` the (B, L, sum(code_levels)) per-digit logits themselves."""
         if not self.code_levels:
             return nn.Dense(
                 self.vocab_size,
@@ -309,7 +314,7 @@ class SpectralTransformer(nn.Module):
                 name="head",
             )(x)
         levels = tuple(self.code_levels)
-        digit_logits = nn.Dense(
+        logits = nn.Dense(
             sum(levels),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -317,12 +322,14 @@ class SpectralTransformer(nn.Module):
             bias_init=partitioned(nn.initializers.zeros, (None,)),
             name="digit_head",
         )(x).astype(jnp.float32)
+        if digit_logits:
+            return logits
         # Code c = sum_i digit_i * prod(levels[:i]): in C order its last axis is digit 0,
         # so the K axis is the (levels[-1], ..., levels[0]) grid flattened.
         lead, n = x.shape[:-1], len(levels)
         splits = np.cumsum(levels[:-1])
         log_probs = jnp.zeros(lead + (1,) * n, jnp.float32)
-        for i, part in enumerate(jnp.split(digit_logits, splits, axis=-1)):
+        for i, part in enumerate(jnp.split(logits, splits, axis=-1)):
             shape = [1] * n
             shape[n - 1 - i] = levels[i]
             log_probs = log_probs + jax.nn.log_softmax(part, -1).reshape(lead + tuple(shape))
@@ -368,8 +375,11 @@ class SpectralTransformer(nn.Module):
         fps: jax.Array | None = None,
         drop_text: jax.Array | None = None,
         extra_embeds: jax.Array | None = None,
+        digit_logits: bool = False,
     ) -> jax.Array:
         self._check(tokens)
+        if digit_logits and not self.code_levels:
+            raise ValueError("digit_logits=True needs a digit head (code_levels)")
         b = tokens.shape[0]
         grid = tokens.shape[1:]
         tokens = tokens.reshape(b, -1)
@@ -416,7 +426,9 @@ class SpectralTransformer(nn.Module):
             axis=1,
         )
         x = x[:, :length]  # extra tokens get no logits: the head never sees them
-        logits = self._head(modulate(LayerNorm()(x), shift, scale))
+        logits = self._head(modulate(LayerNorm()(x), shift, scale), digit_logits)
+        if digit_logits:
+            return logits
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
         return logits.astype(self.logits_dtype)
 

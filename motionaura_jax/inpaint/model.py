@@ -59,6 +59,7 @@ class InpaintDenoiser(nn.Module):
       z_t: (B, n, h, w) int32 in [0, K] (K = [MASK]); z_m: (B, n, h, w) int32 in [0, K).
       sketch_feats: (B, P, D_s) SigLIP patch features.
       t: (B,); text: (B, S, Dt); text_mask: (B, S) bool; fps: (B,); drop_text: (B,) bool.
+      digit_logits: per-digit logits of a digit-head base (see `SpectralTransformer`).
     Returns:
       (B, n * h * w, K) logits.
     """
@@ -67,7 +68,18 @@ class InpaintDenoiser(nn.Module):
     sketch_hidden: int = 0
 
     @nn.compact
-    def __call__(self, z_t, z_m, sketch_feats, t, text, text_mask=None, fps=None, drop_text=None):
+    def __call__(
+        self,
+        z_t,
+        z_m,
+        sketch_feats,
+        t,
+        text,
+        text_mask=None,
+        fps=None,
+        drop_text=None,
+        digit_logits=False,
+    ):
         base = self.base
         b = z_t.shape[0]
         table = self.param(
@@ -82,7 +94,14 @@ class InpaintDenoiser(nn.Module):
         )(sketch_feats.astype(base.dtype))
         extra = jnp.concatenate([zm, sketch.astype(base.dtype)], axis=1)
         return base(
-            z_t, t, text, text_mask=text_mask, fps=fps, drop_text=drop_text, extra_embeds=extra
+            z_t,
+            t,
+            text,
+            text_mask=text_mask,
+            fps=fps,
+            drop_text=drop_text,
+            extra_embeds=extra,
+            digit_logits=digit_logits,
         )
 
 

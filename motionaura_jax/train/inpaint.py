@@ -339,6 +339,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
     model = parts.model
     diffusion = config.diffusion
     mask_id = parts.tokenizer.vocab_size
+    levels = tuple(model.base.code_levels)  # digit head: the loss reads per-digit logits
     known_outside = bool(config.inpaint.known_outside)
     size = parts.sketch.image_size
     fields = ("z0", "zm", "hole", "sketch", "text_emb", "text_mask", "fps")
@@ -388,9 +389,14 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
                 batch["text_mask"].astype(bool),
                 batch["fps"],
                 drop,
+                digit_logits=bool(levels),
             )
             value, metrics = masked_cross_entropy(
-                logits, z_0.reshape(b, -1), masked.reshape(b, -1), float(diffusion.label_smoothing)
+                logits,
+                z_0.reshape(b, -1),
+                masked.reshape(b, -1),
+                float(diffusion.label_smoothing),
+                levels,
             )
         return value, {**metrics, "mean_t": t.mean()}
 

@@ -115,8 +115,14 @@ def build_denoiser(
     return SpectralTransformer(**fields)
 
 
-def diffusion_config(config: ml_collections.ConfigDict, vocab_size: int) -> DiffusionConfig:
-    return DiffusionConfig(vocab_size=vocab_size, **dict(config.diffusion))
+def diffusion_config(
+    config: ml_collections.ConfigDict, denoiser: SpectralTransformer
+) -> DiffusionConfig:
+    return DiffusionConfig(
+        vocab_size=denoiser.vocab_size,
+        code_levels=tuple(denoiser.code_levels),
+        **dict(config.diffusion),
+    )
 
 
 def make_generate_fn(
@@ -285,7 +291,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
     tokenizer = t2v_data.load_tokenizer(tokenizer_dir(config, workdir), config.tokenizer_step)
     text = t2v_data.make_text(config)
     denoiser = build_denoiser(config.model, tokenizer, text.dim)
-    diffusion = diffusion_config(config, tokenizer.vocab_size)
+    diffusion = diffusion_config(config, denoiser)
     grid = tokenizer.token_grid(config.data.frames, config.data.height, config.data.width)
     use_cache = config.tokens.source == "cache"
     cache = open_cache(config, workdir, tokenizer, text) if use_cache else None
