@@ -4,13 +4,14 @@
   python tools/ablation_grid.py --root=runs/ablations --steps=200 --only=t2v
 
 Tokenizer variants (configs/tokenizer.py) train in ROOT/tokenizer-<name>/: the toy
-(no masking), with the paper's masking + MFI, and with masking but no MFI. T2V variants (configs/t2v.py) train in
-ROOT/t2v-<name>/: RoPE with the real-FFT mixing (the toy), no FFT, Hartley, sinusoidal
-positions; all of them read the tokenizer of ROOT/tokenizer-toy and share one token
-cache, ROOT/t2v_tokens.npz. `--steps` / `--seconds` set `train.num_steps` /
-`train.max_seconds` of every run (0 keeps the config's); `--set=<stage>.<key>=<value>`
-adds overrides. Runs resume and are skipped when done, as in the main job
-(`motionaura_jax.main_job.run_jobs`); ROOT/ablations.md compares their eval.json numbers.
+(no masking), with the paper's masking + MFI, and with masking but no MFI. T2V variants
+(configs/t2v.py) train in ROOT/t2v-<name>/: RoPE with the real-FFT mixing (the toy),
+no FFT, Hartley, sinusoidal positions, Eq. 4's cross-attention; all of them read the
+tokenizer of ROOT/tokenizer-toy and share one token cache, ROOT/t2v_tokens.npz.
+`--steps` / `--seconds` set `train.num_steps` / `train.max_seconds` of every run (0 keeps
+the config's); `--set=<stage>.<key>=<value>` adds overrides. Runs resume and are
+skipped when done, as in the main job (`motionaura_jax.main_job.run_jobs`);
+ROOT/ablations.md compares their eval.json numbers.
 """
 
 from __future__ import annotations
