@@ -58,7 +58,7 @@ class DiffusionConfig:
       p_uncond: probability of dropping the text condition (CFG; 0.1).
       label_smoothing: optional smoothing of the masked-token targets.
       code_levels: the denoiser's digit head levels (`SpectralTransformer.code_levels`);
-        non-empty: the loss reads per-digit logits (`digit_cross_entropy`).
+        non-empty: the loss reads per-digit logits (see `masked_cross_entropy`).
     """
 
     vocab_size: int = 12_800
