@@ -203,6 +203,15 @@ def _join_frames(*clips_thw3: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=2)
 
 
+def _use_run_eval_settings(pipe, workdir: str, stage: str) -> None:
+    """Samples as the stage's `eval.json` was scored: the `eval` section this run's config
+    gave the stage (its RECORD), which a rerun with new sampler settings re-evaluates
+    under, rather than the one stored with the checkpoint when it was trained."""
+    record = _read_json(os.path.join(workdir, stage, RECORD))
+    if record and "eval" in record.get("config", {}):
+        pipe.config.eval.update(record["config"]["eval"])
+
+
 def t2v_samples(workdir: str, out_dir: str, num: int, seed: int = 0) -> dict:
     """Generates one clip per held-out caption (the first `num` the t2v eval scores) with
     `TextToVideo` at the run's eval settings; writes a contact sheet and GIFs."""
@@ -210,6 +219,7 @@ def t2v_samples(workdir: str, out_dir: str, num: int, seed: int = 0) -> dict:
     from motionaura_jax.data import oracle, pipeline
 
     pipe = pipelines.TextToVideo.from_workdir(workdir)
+    _use_run_eval_settings(pipe, workdir, "t2v")
     data = pipe.config.data
     batch = pipeline.eval_batches(data, num, num, split=pipe.config.eval.split)[0]
     captions = [str(c) for c in batch["caption"]]
@@ -237,6 +247,7 @@ def inpaint_samples(workdir: str, out_dir: str, num: int, seed: int = 0) -> dict
     from motionaura_jax.inpaint import data as inpaint_data
 
     pipe = pipelines.Inpainter.from_workdir(workdir)
+    _use_run_eval_settings(pipe, workdir, "inpaint")
     data = pipe.config.data
     split = pipe.config.eval.split
     examples = inpaint_data.eval_examples(data, pipe.config.inpaint, num, split=split)

@@ -79,6 +79,19 @@ def test_runs_every_stage_writes_the_report_then_skips(tmp_path, capsys):
     assert _checkpoint_files(workdir) == before
     assert "| t2v | 2 | True | skipped |" in open(second["report"]).read()
 
+    # Samples follow the eval settings the run scored with (its record), not the ones
+    # stored with the checkpoint: a rerun with a new guidance scale only re-evaluates.
+    from motionaura_jax import pipelines
+
+    record_path = os.path.join(workdir, "t2v", main_job.RECORD)
+    record = json.load(open(record_path))
+    record["config"]["eval"]["cfg_scale"] = 7.0
+    json.dump(record, open(record_path, "w"))
+    pipe = pipelines.TextToVideo.from_workdir(workdir)
+    assert pipe.default_cfg != 7.0
+    main_job._use_run_eval_settings(pipe, workdir, "t2v")
+    assert pipe.default_cfg == 7.0
+
 
 def test_changed_config_is_not_skipped(tmp_path):
     """A record of another config, or an eval.json of another step, means: train."""
