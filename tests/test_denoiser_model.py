@@ -311,6 +311,8 @@ def test_digit_head_is_the_product_of_per_digit_softmaxes():
     got_loss, got = masked_cross_entropy(digit_logits, targets, masked, code_levels=levels)
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
     np.testing.assert_allclose(got["masked_accuracy"], want["masked_accuracy"])
+    with pytest.raises(ValueError, match="digit_logits=True"):
+        masked_cross_entropy(logits, targets, masked, code_levels=levels)
     with pytest.raises(ValueError, match="digit head"):
         _model().init(jax.random.key(0), tokens, t, text, digit_logits=True)
     # Codes that share digits share embedding rows: 35 embedding rows, not 41.

@@ -18,7 +18,7 @@ from motionaura_jax.inpaint import data as inpaint_data
 from motionaura_jax.inpaint import model as inpaint_model
 from motionaura_jax.nn import lora as lora_lib
 from motionaura_jax.train import inpaint, t2v_data
-from tests.stage_fixtures import inpaint_config
+from tests.stage_fixtures import inpaint_config, save_initial_checkpoint, t2v_config
 
 pytest_plugins = ["tests.stage_fixtures"]
 
@@ -149,3 +149,24 @@ def test_launch_inpaint_writes_a_video(inpaint_run, tmp_path):
         launch_inpaint.main(
             [*args, "--sketch", str(tmp_path / "notes.txt"), "--output", str(tmp_path / "bad.npy")]
         )
+
+
+def test_digit_head_base_trains_on_per_digit_logits(base_run, tmp_path):
+    """An inpaint stage on a digit-head t2v: the loss reads (B, L, sum(levels)) logits."""
+    workdir = str(tmp_path)
+    base = save_initial_checkpoint(
+        t2v_config(
+            "model.digit_head=True",
+            f"tokenizer_dir={os.path.join(base_run, 'tokenizer')}",
+            f"tokens.cache_path={os.path.join(base_run, 't2v_tokens.npz')}",
+        ),
+        workdir,
+    )
+    stage = inpaint.build(inpaint_config(f"base_dir={base}"), workdir)
+    batch = next(stage.data("train", 0))
+    batch = {k: batch[k] for k in stage.device_fields}
+    key = jax.random.key(0)
+    params = nn.unbox(jax.eval_shape(stage.init, key, batch))  # shapes only: no compile
+    frozen = nn.unbox(stage.frozen)
+    loss, metrics = jax.eval_shape(stage.loss, params, frozen, batch, key, 0)
+    assert loss.shape == () and "masked_accuracy" in metrics

@@ -155,6 +155,11 @@ def masked_cross_entropy(
       (loss, {'loss', 'masked_accuracy', 'mask_ratio'}).
     """
     if code_levels:
+        if logits.shape[-1] != sum(code_levels):
+            raise ValueError(
+                f"code_levels {tuple(code_levels)} need (..., {sum(code_levels)}) per-digit "
+                f"logits, got {logits.shape}: call the denoiser with digit_logits=True"
+            )
         digits = fsq_digits(targets, code_levels)
         parts = jnp.split(logits, np.cumsum(code_levels[:-1]), axis=-1)
         per_digit = [
