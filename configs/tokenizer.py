@@ -134,10 +134,10 @@ def _toy() -> ml_collections.ConfigDict:
         50%) and 23.5 dB without masking (session 4), and the oracle read the shape of
         only 19% of the objects in the masked tokenizer's reconstructions, against 55%
         without masking: the t2v and inpaint stages cannot draw shapes their tokenizer
-        loses. Under `masked` the toy
-        uses MFI weight 0.1 (its cross entropy, ~1.4 at the start, is two orders of
-        magnitude above the reconstruction MSE and otherwise drives the shared encoder)
-        and 8 / 16 px patches (the paper's 16 / 32 on 256 px, scaled 1/4).
+        loses. Under `masked` the toy uses MFI weight 0.1 (its cross entropy, ~1.4 at
+        the start, is two orders of magnitude above the reconstruction MSE and otherwise
+        drives the shared encoder) and 8 / 16 px patches (the paper's 16 / 32 on 256 px,
+        scaled 1/4).
     """
     c = _common()
     c.data = shapes_config()
