@@ -31,7 +31,6 @@ INPAINT = os.path.join(ROOT, "configs", "inpaint.py:toy")
 # The toy tokenizer's layout (so its compression, whatever the toy config says), narrowed
 # by `tokenizer_overrides`, which also drops the keys the toy config does not have.
 TINY_TOKENIZER = [
-    "model.mfi_hidden=8",
     "model.depthwise_impl=grouped",  # one conv op: compiles faster than 27 shifted taps
     "eval.num_clips=2",
     "eval.batch_size=2",

@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from motionaura_jax import config as config_lib
-from motionaura_jax import main_job
+from motionaura_jax import main_job, pipelines
 from tests.stage_fixtures import TINY_INPAINT, TINY_T2V
 
 # The toy tokenizer's layout at width 8 with no blocks (the toy has none): one step.
@@ -17,7 +17,6 @@ TINY_TOKENIZER = [
     "model.stem_width=8",
     "model.widths=(8, 8, 8)",
     "model.decoder_widths=(8, 8, 8)",
-    "model.mfi_hidden=8",
     "eval.num_clips=2",
     "eval.batch_size=2",
     "train.num_steps=1",
@@ -81,8 +80,6 @@ def test_runs_every_stage_writes_the_report_then_skips(tmp_path, capsys):
 
     # Samples follow the eval settings the run scored with (its record), not the ones
     # stored with the checkpoint: a rerun with a new guidance scale only re-evaluates.
-    from motionaura_jax import pipelines
-
     record_path = os.path.join(workdir, "t2v", main_job.RECORD)
     record = json.load(open(record_path))
     record["config"]["eval"]["cfg_scale"] = 7.0
