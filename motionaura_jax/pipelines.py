@@ -124,7 +124,7 @@ class TextToVideo:
             tokenizer_dir = t2v.tokenizer_dir(
                 config, workdir or os.path.dirname(os.path.abspath(t2v_folder))
             )
-        tokenizer = t2v_data.load_tokenizer(tokenizer_dir, int(config.get("tokenizer_step", -1)))
+        tokenizer = t2v.load_stage_tokenizer(config, t2v_folder, tokenizer_dir)
         text = make_text_encoder(config.text)
         denoiser = t2v.build_denoiser(config.model, tokenizer, text.dim)
         return cls(denoiser, jax.tree.map(np.asarray, params), tokenizer, text, config)

@@ -157,6 +157,7 @@ def test_digit_head_base_trains_on_per_digit_logits(base_run, tmp_path):
     base = save_initial_checkpoint(
         t2v_config(
             "model.digit_head=True",
+            "tokens.vocabulary=0",  # digits need the full codebook
             f"tokenizer_dir={os.path.join(base_run, 'tokenizer')}",
             f"tokens.cache_path={os.path.join(base_run, 't2v_tokens.npz')}",
         ),

@@ -3,9 +3,11 @@
   python tools/export.py --workdir=runs/default --stage=tokenizer --out=export/tok --dtype=bfloat16
 
 The export loads without optimizer code: `motionaura_jax.checkpoint.load_exported(out)`.
+A t2v stage's `vocabulary.npz` (the codes its denoiser predicts) is copied along.
 """
 
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -13,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from motionaura_jax import checkpoint as checkpoint_lib  # noqa: E402
+from motionaura_jax.tokenizer import vocabulary  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (holds <stage>/).")
 _STAGE = flags.DEFINE_string("stage", None, "Stage folder name: tokenizer, t2v or inpaint.")
@@ -33,6 +36,10 @@ def main(argv):
         step, built.abstract_state
     )
     out = checkpoint_lib.export_params(state.params, config, _OUT.value, _DTYPE.value)
+    # A t2v stage that predicts a subset of the codes needs its vocabulary to be loaded.
+    side_file = os.path.join(_WORKDIR.value, _STAGE.value, vocabulary.FILE_NAME)
+    if os.path.isfile(side_file):
+        shutil.copy2(side_file, os.path.join(out, vocabulary.FILE_NAME))
     print(f"exported {_STAGE.value} step {step} as {_DTYPE.value} to {out}")
 
 

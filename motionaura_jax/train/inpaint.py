@@ -109,7 +109,7 @@ def load_parts(config: ml_collections.ConfigDict, workdir: str | None) -> Inpain
         )
     params = jax.tree.map(np.asarray, params)
     tok_dir = config.tokenizer_dir or t2v.tokenizer_dir(base_config, os.path.dirname(folder))
-    tokenizer = t2v_data.load_tokenizer(tok_dir, int(base_config.get("tokenizer_step", -1)))
+    tokenizer = t2v.load_stage_tokenizer(base_config, folder, tok_dir)
     text = make_text_encoder(base_config.text)
     base_model = t2v.build_denoiser(base_config.model, tokenizer, text.dim)
     lora = config.lora
@@ -175,7 +175,7 @@ def t2v_tokens(config: ml_collections.ConfigDict, parts: InpaintParts) -> np.nda
         return None
     try:
         cache = t2v_data.TokenCache(path)
-        cache.check(parts.tokenizer, parts.text, config.data)
+        cache.check(parts.tokenizer.raw, parts.text, config.data)
     except ValueError:
         return None
     data = cache.meta["data"]
@@ -192,7 +192,7 @@ def t2v_tokens(config: ml_collections.ConfigDict, parts: InpaintParts) -> np.nda
     ):
         return None
     print(f"[inpaint] z_0 from the t2v token cache {path}", flush=True)
-    return tokens
+    return np.asarray(parts.tokenizer.codes_to_ids(tokens[: config.cache.num_clips]))
 
 
 def open_cache(config, workdir, parts: InpaintParts) -> inpaint_data.InpaintCache:

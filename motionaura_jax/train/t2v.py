@@ -27,6 +27,7 @@ from motionaura_jax.denoiser.diffusion import DiffusionConfig, diffusion_loss
 from motionaura_jax.denoiser.model import SpectralTransformer
 from motionaura_jax.encoders.text import TextEncoder
 from motionaura_jax.parallel.rules import TRANSFORMER_RULES
+from motionaura_jax.tokenizer import vocabulary as vocabulary_lib
 from motionaura_jax.train import t2v_data
 from motionaura_jax.train.stage import Stage, earlier_stage_dir
 
@@ -58,6 +59,7 @@ def open_cache(
 ) -> t2v_data.TokenCache:
     """The checked token cache; written first when missing and `tokens.build_cache`."""
     path = cache_path(config, workdir)
+    tokenizer = tokenizer.raw  # caches hold codes, whatever the denoiser's vocabulary
     if not os.path.isfile(path) and config.tokens.build_cache:
         if jax.process_count() > 1:
             raise ValueError(
@@ -82,6 +84,61 @@ def open_cache(
     return cache
 
 
+def with_vocabulary(
+    config: ml_collections.ConfigDict,
+    stage_folder: str,
+    tokenizer: t2v_data.FrozenTokenizer,
+    cache: t2v_data.TokenCache | None = None,
+) -> t2v_data.FrozenTokenizer:
+    """`tokenizer` speaking the ids of the t2v stage's vocabulary (`tokens.vocabulary`).
+
+    0 keeps all K codes. V > 0 reads `<stage_folder>/vocabulary.npz`; when it is missing
+    and `cache` is given (a new t2v run), counts the cache's codes, keeps the V most used
+    (`tokenizer/vocabulary.py`) and writes the file before any checkpoint needs it.
+    """
+    size = int(config.tokens.get("vocabulary", 0))
+    if size <= 0:
+        return tokenizer
+    path = os.path.join(stage_folder, vocabulary_lib.FILE_NAME)
+    if os.path.isfile(path):
+        vocabulary = vocabulary_lib.CodeVocabulary.load(path)
+        if vocabulary.size != size:
+            raise ValueError(
+                f"{path!r} keeps {vocabulary.size} codes but tokens.vocabulary={size}; set "
+                f"--config.tokens.vocabulary={vocabulary.size} or use a new workdir"
+            )
+    elif cache is not None:
+        counts = np.bincount(cache.arrays["tokens"].ravel(), minlength=tokenizer.vocab_size)
+        vocabulary = vocabulary_lib.most_used(
+            counts, tokenizer.code_vectors(), size, tokenizer.fingerprint
+        )
+        if jax.process_index() == 0:
+            os.makedirs(stage_folder, exist_ok=True)
+            vocabulary.save(path)
+            print(
+                f"[t2v] vocabulary: the {size} most used of {tokenizer.vocab_size} codes "
+                f"({int((counts > 0).sum())} used) cover {vocabulary.coverage:.2%} of the "
+                f"cached tokens; wrote {path}",
+                flush=True,
+            )
+    else:
+        raise FileNotFoundError(
+            f"tokens.vocabulary={size}, but {path!r} is missing: a new t2v run counts the "
+            "codes of its token cache (tokens.source='cache'; with 'online' tokens set "
+            "--config.tokens.vocabulary=0), and a trained one needs the file from its "
+            "training workdir's t2v folder (tools/export.py copies it into exports)"
+        )
+    return tokenizer.with_vocabulary(vocabulary)
+
+
+def load_stage_tokenizer(
+    config: ml_collections.ConfigDict, stage_folder: str, tokenizer_folder: str
+) -> t2v_data.FrozenTokenizer:
+    """The tokenizer a finished t2v stage (folder or export) trained on, in its vocabulary."""
+    tokenizer = t2v_data.load_tokenizer(tokenizer_folder, int(config.get("tokenizer_step", -1)))
+    return with_vocabulary(config, stage_folder, tokenizer)
+
+
 def build_denoiser(
     model_config: ml_collections.ConfigDict, tokenizer: t2v_data.FrozenTokenizer, text_dim: int
 ) -> SpectralTransformer:
@@ -90,7 +147,7 @@ def build_denoiser(
     `digit_head` = factorise the codes over the tokenizer's FSQ levels (`code_levels`)."""
     fields = dict(model_config)
     for name, actual, source in (
-        ("vocab_size", tokenizer.vocab_size, "tokenizer codebook"),
+        ("vocab_size", tokenizer.vocab_size, "tokenizer vocabulary"),
         ("text_dim", text_dim, "text encoder width"),
     ):
         if fields.get(name) and fields[name] != actual:
@@ -100,6 +157,11 @@ def build_denoiser(
             )
         fields[name] = actual
     if fields.pop("digit_head", False):
+        if tokenizer.vocabulary is not None:
+            raise ValueError(
+                "model.digit_head=True predicts every FSQ digit, but tokens.vocabulary="
+                f"{tokenizer.vocab_size} renumbers the codes; set --config.tokens.vocabulary=0"
+            )
         if not tokenizer.code_levels:
             raise ValueError(
                 "model.digit_head=True needs an FSQ tokenizer (its codes have digits), but "
@@ -290,11 +352,18 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
         raise ValueError(f"tokens.source={config.tokens.source!r}; use one of {TOKEN_SOURCES}")
     tokenizer = t2v_data.load_tokenizer(tokenizer_dir(config, workdir), config.tokenizer_step)
     text = t2v_data.make_text(config)
+    use_cache = config.tokens.source == "cache"
+    cache = open_cache(config, workdir, tokenizer, text) if use_cache else None
+    if config.tokens.get("vocabulary", 0) > 0 and not workdir:
+        raise ValueError(
+            f"tokens.vocabulary={config.tokens.vocabulary} keeps its codes in <workdir>/t2v; "
+            "pass a workdir, or set --config.tokens.vocabulary=0 (all codes)"
+        )
+    stage_folder = os.path.join(os.path.abspath(workdir), "t2v") if workdir else ""
+    tokenizer = with_vocabulary(config, stage_folder, tokenizer, cache)
     denoiser = build_denoiser(config.model, tokenizer, text.dim)
     diffusion = diffusion_config(config, denoiser)
     grid = tokenizer.token_grid(config.data.frames, config.data.height, config.data.width)
-    use_cache = config.tokens.source == "cache"
-    cache = open_cache(config, workdir, tokenizer, text) if use_cache else None
     online_text = not use_cache and config.text.mode == "online"
 
     frozen = {"tokenizer": tokenizer.boxed_params()}
@@ -330,8 +399,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
 
     def inputs(frozen: PyTree, batch: dict) -> dict:
         """The denoiser's inputs: tokens (B, n, h, w) and text (B, L, D), never trained."""
-        if "tokens" in batch:
-            tokens = batch["tokens"]
+        if "tokens" in batch:  # cached codes
+            tokens = tokenizer.codes_to_ids(batch["tokens"])
         else:
             tokens = tokenizer.encode(frozen["tokenizer"], batch["video"])
         if "text_emb" in batch:

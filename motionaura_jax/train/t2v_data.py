@@ -36,6 +36,7 @@ from motionaura_jax import checkpoint as checkpoint_lib
 from motionaura_jax.data import pipeline
 from motionaura_jax.encoders.text import TextEncoder, make_text_encoder
 from motionaura_jax.tokenizer.model import VideoTokenizer, build_tokenizer
+from motionaura_jax.tokenizer.vocabulary import CodeVocabulary
 
 PyTree = Any
 CACHE_VERSION = 1
@@ -52,7 +53,10 @@ class FrozenTokenizer:
       config: the tokenizer stage's full config (its `model` section built `model`).
       folder: absolute path of the stage folder or export it was loaded from.
       step: the checkpoint step (-1 for an export, which records no step).
-      fingerprint: SHA-1 of the parameters (identifies the weights whatever the path).
+      fingerprint: SHA-1 of the parameters (identifies the weights whatever the path),
+        and of the vocabulary when there is one.
+      vocabulary: None, or the subset of codes a denoiser predicts (`with_vocabulary`):
+        then `encode` returns and `decode` takes its ids, not codes.
     """
 
     model: VideoTokenizer
@@ -61,17 +65,62 @@ class FrozenTokenizer:
     folder: str
     step: int
     fingerprint: str
+    vocabulary: CodeVocabulary | None = None
 
     @property
     def vocab_size(self) -> int:
-        """K, the number of codes (the denoiser's [MASK] id)."""
+        """The number of token ids (the denoiser's [MASK] id): K codes, or V of the vocabulary."""
+        if self.vocabulary is not None:
+            return self.vocabulary.size
         return int(self.model.codebook_size)
 
     @property
     def code_levels(self) -> tuple[int, ...]:
-        """The FSQ levels whose product is K, or () for a codebook without digits."""
+        """The FSQ levels whose product is K, or () for a codebook without digits (or when
+        a vocabulary renumbers the codes, so ids have no digits)."""
         quantizer = self.config.model.quantizer
-        return tuple(int(v) for v in quantizer.levels) if quantizer.name == "fsq" else ()
+        if quantizer.name != "fsq" or self.vocabulary is not None:
+            return ()
+        return tuple(int(v) for v in quantizer.levels)
+
+    def with_vocabulary(self, vocabulary: CodeVocabulary) -> FrozenTokenizer:
+        """This tokenizer speaking `vocabulary`'s ids (made for these weights)."""
+        if self.vocabulary is not None:
+            raise ValueError("this tokenizer already has a vocabulary")
+        if vocabulary.tokenizer_fingerprint != self.fingerprint:
+            raise ValueError(
+                f"the denoiser vocabulary was counted on the tokenizer with fingerprint "
+                f"{vocabulary.tokenizer_fingerprint[:12]}, but {self.folder!r} has "
+                f"{self.fingerprint[:12]}: point tokenizer_dir at the original tokenizer"
+            )
+        if vocabulary.codebook_size != self.model.codebook_size:
+            raise ValueError(
+                f"vocabulary over {vocabulary.codebook_size} codes for a tokenizer with "
+                f"{self.model.codebook_size}"
+            )
+        fingerprint = hashlib.sha1((self.fingerprint + vocabulary.digest).encode()).hexdigest()
+        return dataclasses.replace(self, fingerprint=fingerprint, vocabulary=vocabulary)
+
+    @property
+    def raw(self) -> FrozenTokenizer:
+        """The same tokenizer speaking codes (what token caches of codes were made by)."""
+        if self.vocabulary is None:
+            return self
+        fingerprint = self.vocabulary.tokenizer_fingerprint
+        return dataclasses.replace(self, fingerprint=fingerprint, vocabulary=None)
+
+    def codes_to_ids(self, codes: jax.Array) -> jax.Array:
+        """Tokenizer codes (e.g. from a cache of codes) -> this tokenizer's token ids."""
+        if self.vocabulary is not None:
+            return self.vocabulary.to_ids(codes)
+        return codes.astype(jnp.int32)
+
+    def code_vectors(self) -> np.ndarray:
+        """(K, d) the decoder's input for every code."""
+        indices = jnp.arange(self.model.codebook_size, dtype=jnp.int32)
+        embed = lambda m, x: m.quantizer.embed(x)  # noqa: E731
+        vectors = jax.jit(lambda p, i: self.model.apply({"params": p}, i, method=embed))
+        return np.asarray(vectors(self.params, indices), np.float32)
 
     def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(n, h, w) of the tokens of a (frames, height, width) clip."""
@@ -84,12 +133,14 @@ class FrozenTokenizer:
         return 1 + (frames - 1) // tf, height // sf, width // sf
 
     def encode(self, params: PyTree, video_bthwc: jax.Array) -> jax.Array:
-        """(B, T, H, W, 3) in [-1, 1] -> (B, n, h, w) int32 codes (pure, jittable)."""
+        """(B, T, H, W, 3) in [-1, 1] -> (B, n, h, w) int32 token ids (pure, jittable)."""
         indices, _ = self.model.apply({"params": params}, video_bthwc, method=VideoTokenizer.encode)
-        return jax.lax.stop_gradient(indices.astype(jnp.int32))
+        return jax.lax.stop_gradient(self.codes_to_ids(indices))
 
     def decode(self, params: PyTree, tokens_bnhw: jax.Array) -> jax.Array:
-        """(B, n, h, w) codes -> (B, T, H, W, 3) float32 in [-1, 1] (pure, jittable)."""
+        """(B, n, h, w) token ids -> (B, T, H, W, 3) float32 in [-1, 1] (pure, jittable)."""
+        if self.vocabulary is not None:
+            tokens_bnhw = self.vocabulary.to_codes(tokens_bnhw)
         video = self.model.apply({"params": params}, tokens_bnhw, method=VideoTokenizer.decode)
         return jnp.clip(video.astype(jnp.float32), -1.0, 1.0)
 
