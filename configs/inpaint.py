@@ -61,6 +61,7 @@ def _common() -> ml_collections.ConfigDict:
             schedule="cosine",
             num_steps=0,
             p_uncond=0.1,
+            sketch_drop=0.0,  # share of the text-dropped clips whose sketch is dropped too
             label_smoothing=0.0,  # D8
         )
     )
@@ -74,6 +75,7 @@ def _common() -> ml_collections.ConfigDict:
             sampler="maskgit",
             temperature=1.0,
             choice_temperature=4.5,
+            guide_sketch=False,  # the unconditional branch drops the sketch too (ours)
             seed=0,
         )
     )
@@ -96,6 +98,8 @@ def _toy() -> ml_collections.ConfigDict:
     # CFG branches, but a stronger text pull fills the hole with one whole object. The gap
     # is in the raw decode; the composited output keeps every pixel outside the mask.
     c.eval.cfg_scale = 6.0
+    c.diffusion.sketch_drop = 0.5
+    c.eval.guide_sketch = True
     return c
 
 

@@ -59,6 +59,8 @@ class InpaintDenoiser(nn.Module):
       z_t: (B, n, h, w) int32 in [0, K] (K = [MASK]); z_m: (B, n, h, w) int32 in [0, K).
       sketch_feats: (B, P, D_s) SigLIP patch features.
       t: (B,); text: (B, S, Dt); text_mask: (B, S) bool; fps: (B,); drop_text: (B,) bool.
+      drop_sketch: (B,) bool; True zeroes that clip's sketch tokens (the "no sketch"
+        condition of sketch guidance, `inpaint/sampling.py`).
       digit_logits: per-digit logits of a digit-head base (see `SpectralTransformer`).
     Returns:
       (B, n * h * w, K) logits.
@@ -79,6 +81,7 @@ class InpaintDenoiser(nn.Module):
         fps=None,
         drop_text=None,
         digit_logits=False,
+        drop_sketch=None,
     ):
         base = self.base
         b = z_t.shape[0]
@@ -92,6 +95,8 @@ class InpaintDenoiser(nn.Module):
         sketch = SketchProjector(
             base.width, self.sketch_hidden, base.dtype, base.param_dtype, name="sketch_mlp"
         )(sketch_feats.astype(base.dtype))
+        if drop_sketch is not None:
+            sketch = jnp.where(drop_sketch[:, None, None], 0.0, sketch)
         extra = jnp.concatenate([zm, sketch.astype(base.dtype)], axis=1)
         return base(
             z_t,

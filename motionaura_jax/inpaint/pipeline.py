@@ -178,6 +178,7 @@ class Inpainter:
                 known_outside=bool(self.config.inpaint.known_outside),
                 temperature=temperature,
                 choice_temperature=float(self.config.eval.choice_temperature),
+                guide_sketch=bool(self.config.eval.get("guide_sketch", False)),
             )
         return self._compiled[key]
 

@@ -3,7 +3,8 @@
     video, masked video, hole, sketch, text
       -> z_0 = E(V), z_m = E(V_m), SigLIP(sketch)
       -> iterative unmasking of z_t with classifier-free guidance (text dropped in the
-         unconditional branch; z_m and the sketch stay: they are the inpainting context)
+         unconditional branch, and the sketch too with `guide_sketch`; z_m always stays:
+         it is the inpainting context)
       -> D(z) -> V_hat  (the caller composites `V (1 - m) + V_hat m`)
 
 With `known_outside` the latent cells that do not touch the mask start as (and stay) the
@@ -37,8 +38,13 @@ def guided_inpaint_logits(
     text_mask: jax.Array,
     fps: jax.Array,
     guidance_scale: float | None,
+    guide_sketch: bool = False,
 ) -> sampling.LogitsFn:
-    """`(z_t, t) -> (B, L, K)` logits `l_u + s (l_c - l_u)`; one forward on a doubled batch."""
+    """`(z_t, t) -> (B, L, K)` logits `l_u + s (l_c - l_u)`; one forward on a doubled batch.
+
+    l_u drops the text, and with `guide_sketch` the sketch as well, so that guidance pulls
+    towards the sketched shape too (needs a model trained with `diffusion.sketch_drop`).
+    """
 
     def fn(tokens: jax.Array, t: jax.Array) -> jax.Array:
         if guidance_scale is None:
@@ -58,6 +64,7 @@ def guided_inpaint_logits(
             two(text_mask),
             two(fps),
             drop,
+            drop_sketch=drop if guide_sketch else None,
         )
         l_c, l_u = logits[:b].astype(jnp.float32), logits[b:].astype(jnp.float32)
         return l_u + guidance_scale * (l_c - l_u)
@@ -76,6 +83,7 @@ def make_inpaint_fn(
     known_outside: bool = True,
     temperature: float = 1.0,
     choice_temperature: float = 4.5,
+    guide_sketch: bool = False,
 ) -> Callable:
     """Jitted `(trainable, base, tokenizer_params, sketch_params, video, masked_video, hole,
     sketch, text_emb, text_mask, fps, rng) -> (tokens, video_hat)`.
@@ -112,7 +120,7 @@ def make_inpaint_fn(
             z_m = tokenizer.encode(tokenizer_params, masked_video)
             feats = sketch.features(sketch_params, sketch_img)
             fn = guided_inpaint_logits(
-                model, params, z_m, feats, text_emb, text_mask, fps, cfg_scale
+                model, params, z_m, feats, text_emb, text_mask, fps, cfg_scale, guide_sketch
             )
             fixed = dict(fixed_tokens=z_0, fixed_mask=~hole) if known_outside else {}
             tokens = sampling.SAMPLERS[sampler](

@@ -249,6 +249,7 @@ class _Evaluator:
             known_outside=bool(config.inpaint.known_outside),
             temperature=float(ev.temperature),
             choice_temperature=float(ev.choice_temperature),
+            guide_sketch=bool(ev.get("guide_sketch", False)),
         )
         self.roundtrip = jax.jit(lambda p, v: tok.decode(p, tok.encode(p, v)))
 
@@ -374,11 +375,16 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
             )
             z_0 = batch["z0"].astype(jnp.int32)
             b = z_0.shape[0]
-            r_t, r_mask, r_drop = jax.random.split(rng, 3)
+            r_t, r_mask, r_drop, r_sketch = jax.random.split(rng, 4)
             t = sample_time(r_t, b, int(diffusion.num_steps))
             known = ~batch["hole"].astype(bool) if known_outside else None
             z_t, masked = corrupt(r_mask, z_0, t, mask_id, diffusion.schedule, known)
             drop = jax.random.bernoulli(r_drop, float(diffusion.p_uncond), (b,))
+            # Sketch guidance's "no sketch, no text" branch, trained on this share of the
+            # clips whose text is dropped.
+            drop_sketch = drop & jax.random.bernoulli(
+                r_sketch, float(diffusion.get("sketch_drop", 0.0)), (b,)
+            )
             logits = model.apply(
                 {"params": full},
                 z_t,
@@ -390,6 +396,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
                 batch["fps"],
                 drop,
                 digit_logits=bool(levels),
+                drop_sketch=drop_sketch,
             )
             value, metrics = masked_cross_entropy(
                 logits,
