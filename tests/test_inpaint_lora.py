@@ -196,3 +196,40 @@ def test_gelu_adapters_refuse_to_merge():
     _, _, trainable, trained = build("adapter")
     with pytest.raises(ValueError, match="cannot be merged.*lora.kind='linear'"):
         inpaint_model.merge_linear_lora(inpaint_model.merge_params(trainable, trained), 1.0)
+
+
+def test_dropped_sketch_is_ignored_and_sketch_guidance_at_one_is_the_conditional_model():
+    from motionaura_jax.inpaint.sampling import guided_inpaint_logits
+
+    _, model, trainable, trained = build()
+    full = inpaint_model.merge_params(trainable, trained)
+    z_t, z_m, feats, t, text, mask, fps, _ = inputs()
+    other = inputs(seed=5)[2]  # another sketch
+    keep = np.zeros((B,), bool)
+
+    def run(sketch, drop_sketch):
+        return np.asarray(
+            model.apply(
+                {"params": full},
+                z_t,
+                z_m,
+                sketch,
+                t,
+                text,
+                mask,
+                fps,
+                keep,
+                drop_sketch=drop_sketch,
+            )
+        )
+
+    dropped = np.ones((B,), bool)
+    np.testing.assert_array_equal(run(feats, dropped), run(other, dropped))
+    assert not np.allclose(run(feats, keep), run(other, keep))
+    for guide_sketch in (False, True):
+        fn = guided_inpaint_logits(model, full, z_m, feats, text, mask, fps, 1.0, guide_sketch)
+        np.testing.assert_allclose(np.asarray(fn(z_t, t)), run(feats, keep), atol=2e-5)
+    # At s = 2 the sketch-guided logits differ from the text-only ones (l_u differs).
+    text_only = guided_inpaint_logits(model, full, z_m, feats, text, mask, fps, 2.0, False)
+    both = guided_inpaint_logits(model, full, z_m, feats, text, mask, fps, 2.0, True)
+    assert not np.allclose(np.asarray(text_only(z_t, t)), np.asarray(both(z_t, t)))
