@@ -110,19 +110,46 @@ def test_conv_impls_agree_fwd_and_grad():
     assert conv3d.default_conv_impl() == ("frames2d" if jax.default_backend() == "cpu" else "xla3d")
 
 
-@pytest.mark.parametrize("kernel,strides", [((1, 4, 4), (1, 2, 2)), ((1, 8, 8), (1, 4, 4))])
-def test_conv_transpose_matches_3d_transpose(kernel, strides):
-    # The layer folds frames into the batch; reference: XLA's 3D transposed conv.
+@pytest.mark.parametrize("impl", conv3d.TRANSPOSE_IMPLS)
+@pytest.mark.parametrize(
+    "kernel,strides",
+    [
+        ((1, 4, 4), (1, 2, 2)),
+        ((1, 8, 8), (1, 4, 4)),
+        ((1, 3, 5), (1, 2, 3)),
+        ((1, 5, 5), (1, 1, 1)),
+    ],
+)
+def test_conv_transpose_matches_3d_transpose(kernel, strides, impl):
+    # The layer folds frames into the batch (and `subpixel` gathers the kernel into a
+    # stride-1 conv + depth-to-space); reference: XLA's 3D transposed conv, values and
+    # gradients.
     x = jax.random.normal(KEY, (2, 3, 4, 4, 5))
-    layer = conv3d.ConvTranspose3D(3, kernel, strides)
+    layer = conv3d.ConvTranspose3D(3, kernel, strides, impl=impl)
     params = layer.init(KEY, x)
     p = nn.unbox(params)["params"]
-    ref = jax.lax.conv_transpose(
-        x, p["kernel"], strides, "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
-    )
+
+    def ref_fn(p, x):
+        y = jax.lax.conv_transpose(
+            x, p["kernel"], strides, "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+        )
+        return y + p["bias"]
+
     y = layer.apply(params, x)
     assert y.shape == (2, 3, 4 * strides[1], 4 * strides[2], 3)
-    np.testing.assert_allclose(y, ref + p["bias"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, ref_fn(p, x), rtol=1e-5, atol=1e-5)
+    cot = jnp.sin(y)
+    ours = jax.vjp(lambda p, x: nn.unbox(layer.apply({"params": p}, x)), p, x)[1](cot)
+    ref = jax.vjp(ref_fn, p, x)[1](cot)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose_default_impl_follows_backend():
+    cpu = jax.default_backend() == "cpu"
+    assert conv3d.default_transpose_impl() == ("subpixel" if cpu else "xla")
+    with pytest.raises(ValueError, match="transpose impl"):
+        conv3d.ConvTranspose3D(3, impl="fft").init(KEY, jnp.zeros((1, 1, 2, 2, 2)))
 
 
 @pytest.mark.parametrize("t", [1, 3, 5, 9])

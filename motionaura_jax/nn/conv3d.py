@@ -34,6 +34,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from motionaura_jax.parallel import axes
@@ -42,6 +43,7 @@ Dtype = Any
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
 DEPTHWISE_IMPLS = ("grouped", "shifted")
 CONV_IMPLS = ("xla3d", "frames2d")
+TRANSPOSE_IMPLS = ("xla", "subpixel")
 # Kernel tap axes (kt, kh, kw): Flax rejects a logical name used twice in one array, so
 # only the temporal tap axis is named; the spatial ones are None (neither is ever sharded).
 TAP_AXES = (axes.CONV_SPACE, None, None)
@@ -100,6 +102,53 @@ def conv_frames2d(
         )
         out = y if out is None else out + y
     return out.reshape(b, t_out, *out.shape[1:])
+
+
+def default_transpose_impl() -> str:
+    """`'subpixel'` on CPU, where the kernel gradient of `lax.conv_transpose` takes XLA's
+    slow generic path (about half of the toy tokenizer's train step, session 5); `'xla'`
+    (the native transposed conv) elsewhere."""
+    return "subpixel" if jax.default_backend() == "cpu" else "xla"
+
+
+def _same_transpose_pad(k: int, s: int) -> int:
+    """Front padding of the lhs-dilated conv behind `lax.conv_transpose(..., 'SAME')`."""
+    return k - 1 if s > k - 1 else math.ceil((k + s - 2) / 2)
+
+
+def conv_transpose_subpixel(
+    x_nhwc: jax.Array, kernel_hwio: jax.Array, strides: Sequence[int]
+) -> jax.Array:
+    """`lax.conv_transpose(x, kernel, strides, 'SAME')` (NHWC / HWIO) as a stride-1 conv on
+    the low-resolution grid to s_h * s_w * Cout channels, then depth-to-space (sub-pixel).
+
+    Output pixel s*m + r of the transposed conv is sum_d x[m + d] * kernel[s*d + P - r]
+    (P: the transposed conv's front padding), so the same kernel, gathered into a
+    (n_d, n_d, Cin, s*s*Cout) one with zeros where s*d + P - r falls outside it, gives the
+    same result. XLA CPU runs the lhs-dilated forward and, above all, the kernel gradient
+    of `lax.conv_transpose` (an rhs-dilated, reversed conv) on its slow generic path
+    (~60 ms of the toy's ~80-130 ms step); here both are ordinary stride-1 convs.
+    """
+    kh, kw, cin, cout = kernel_hwio.shape
+    idx, pads = [], []
+    for k, s in zip((kh, kw), strides, strict=True):
+        p = _same_transpose_pad(k, s)
+        ds = [d for d in range(-k, k + 1) if any(0 <= s * d + p - r < k for r in range(s))]
+        table = np.array([[s * d + p - r for r in range(s)] for d in ds])
+        idx.append(np.where((table >= 0) & (table < k), table, k))  # k = the zero row
+        pads.append((-ds[0], ds[-1]))
+    kp = jnp.pad(kernel_hwio, ((0, 1), (0, 1), (0, 0), (0, 0)))
+    ih, iw = idx
+    # (nd_h, nd_w, s_h, s_w, Cin, Cout) -> (nd_h, nd_w, Cin, s_h * s_w * Cout)
+    w = kp[ih[:, None, :, None], iw[None, :, None, :]]
+    nd_h, nd_w, sh, sw = w.shape[:4]
+    w = w.transpose(0, 1, 4, 2, 3, 5).reshape(nd_h, nd_w, cin, sh * sw * cout)
+    y = lax.conv_general_dilated(
+        x_nhwc, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    b, h, wd, _ = y.shape
+    y = y.reshape(b, h, wd, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(b, h * sh, wd * sw, cout)
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -311,9 +360,13 @@ class ConvTranspose3D(nn.Module):
     strides: Sequence[int] = (1, 2, 2)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    impl: str | None = None  # 'xla' | 'subpixel' | None (per backend)
 
     @nn.compact
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
+        impl = self.impl or default_transpose_impl()
+        if impl not in TRANSPOSE_IMPLS:
+            raise ValueError(f"transpose impl must be one of {TRANSPOSE_IMPLS}, got {impl!r}")
         if self.kernel_size[0] != 1 or self.strides[0] != 1:
             raise ValueError(
                 "ConvTranspose3D is causal only with a temporal kernel and stride of 1, "
@@ -341,13 +394,17 @@ class ConvTranspose3D(nn.Module):
         # Temporal kernel 1: a 2D transposed conv on frames folded into the batch, the
         # same math as the 3D one and faster on XLA CPU (see `default_conv_impl`).
         b, t, h, w, _ = x_bthwc.shape
-        y = lax.conv_transpose(
-            x_bthwc.astype(self.dtype).reshape(b * t, h, w, cin),
-            kernel[0].astype(self.dtype),
-            strides=tuple(self.strides[1:]),
-            padding="SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        frames = x_bthwc.astype(self.dtype).reshape(b * t, h, w, cin)
+        if impl == "subpixel":
+            y = conv_transpose_subpixel(frames, kernel[0].astype(self.dtype), self.strides[1:])
+        else:
+            y = lax.conv_transpose(
+                frames,
+                kernel[0].astype(self.dtype),
+                strides=tuple(self.strides[1:]),
+                padding="SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
         y = y.reshape(b, t, *y.shape[1:])
         return y + bias.astype(self.dtype)
 

@@ -200,6 +200,7 @@ class Decoder(nn.Module):
     expansion: int = 4
     depthwise_impl: str | None = None
     conv_impl: str | None = None
+    transpose_impl: str | None = None  # last layer: 'subpixel' | 'xla' | None (per backend)
     remat: bool = False
     dtype: Dtype = jnp.float32
 
@@ -233,6 +234,11 @@ class Decoder(nn.Module):
         # B.1.1: the last layer is a Conv3D transpose back to the input resolution.
         s0 = self.out_stride
         y = ConvTranspose3D(
-            self.out_channels, (1, 2 * s0, 2 * s0), (1, s0, s0), dtype=self.dtype, name="conv_out"
+            self.out_channels,
+            (1, 2 * s0, 2 * s0),
+            (1, s0, s0),
+            dtype=self.dtype,
+            impl=self.transpose_impl,
+            name="conv_out",
         )(x)
         return y.astype(jnp.float32)

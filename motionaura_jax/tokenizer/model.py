@@ -205,6 +205,7 @@ def build_tokenizer(model: ml_collections.ConfigDict | Mapping[str, Any]) -> Vid
         expansion=expansion,
         depthwise_impl=impl,
         conv_impl=conv_impl,
+        transpose_impl=m.get("transpose_impl") or None,
         remat=m.get("remat", False),
         dtype=dtype,
     )
