@@ -1,4 +1,4 @@
-"""Tokenizer benchmarks: train-step throughput and the depthwise-conv implementations.
+"""Tokenizer benchmarks: train-step throughput and the conv implementations per backend.
 
   python tools/bench_tokenizer.py                       # toy_old + toy + paper (reduced)
   python tools/bench_tokenizer.py --sizes=toy_old,toy --steps=3 --skip_depthwise
@@ -7,6 +7,8 @@ Prints one JSON object:
   depthwise: fwd+bwd seconds of one depthwise 3x3x3 conv (B=8, 16x32x32x64, DESIGN
     section 7) with each implementation, the backend's default and its speed-up over the
     naive grouped convolution;
+  transpose: the same for the toy decoder's last layer, a (1, 8, 8) stride-4 transposed
+    conv: XLA's `conv_transpose` against the sub-pixel form (`conv3d.py`);
   train_<size>: clips/s of one AdamW step of the tokenizer stage loss (masking, MFI,
     quantizer) at that config's model, with the clip shape and batch used (paper widths on
     CPU at a reduced clip and batch; compile time reported separately). `toy_old` is the
@@ -48,18 +50,38 @@ def _time(fn, *args, repeats: int) -> tuple[float, float]:
     return compile_s, (time.perf_counter() - t0) / repeats
 
 
+def _compare_impls(fns: dict, args: tuple, chosen: str, baseline: str, shape: str, repeats: int):
+    """fwd+bwd seconds of each `fns[impl](*args)` (summed squares as the loss), the backend's
+    choice and its speed-up over `baseline`."""
+    out = {"shape": shape}
+    for impl, fn in fns.items():
+        loss = lambda *a, fn=fn: jnp.sum(jnp.square(fn(*a)))
+        _, sec = _time(jax.grad(loss, argnums=tuple(range(len(args)))), *args, repeats=repeats)
+        out[f"{impl}_s"] = round(sec, 4)
+    out["chosen"] = chosen
+    out[f"speedup_chosen_vs_{baseline}"] = round(out[f"{baseline}_s"] / out[f"{chosen}_s"], 2)
+    return out
+
+
 def bench_depthwise(repeats: int) -> dict:
     x = jax.random.normal(jax.random.key(0), (8, 18, 34, 34, 64))  # padded 16x32x32
     k = jax.random.normal(jax.random.key(1), (3, 3, 3, 64))
-    out = {"shape": "B=8, 16x32x32x64, fwd+bwd"}
-    for impl, fn in (("grouped", conv3d.depthwise_grouped), ("shifted", conv3d.depthwise_shifted)):
-        loss = lambda x, k, fn=fn: jnp.sum(jnp.square(fn(x, k)))
-        _, sec = _time(jax.grad(loss, argnums=(0, 1)), x, k, repeats=repeats)
-        out[f"{impl}_s"] = round(sec, 4)
+    fns = {"grouped": conv3d.depthwise_grouped, "shifted": conv3d.depthwise_shifted}
     chosen = conv3d.default_depthwise_impl()
-    out["chosen"] = chosen
-    out["speedup_chosen_vs_grouped"] = round(out["grouped_s"] / out[f"{chosen}_s"], 2)
-    return out
+    return _compare_impls(fns, (x, k), chosen, "grouped", "B=8, 16x32x32x64, fwd+bwd", repeats)
+
+
+def bench_transpose(repeats: int) -> dict:
+    """The toy decoder's last layer: (1, 8, 8) stride-4 transposed conv, 32 -> 3 channels."""
+    x = jax.random.normal(jax.random.key(0), (8, 5, 16, 16, 32))
+    fns = {}
+    for impl in conv3d.TRANSPOSE_IMPLS:
+        layer = conv3d.ConvTranspose3D(3, (1, 8, 8), (1, 4, 4), impl=impl)
+        fns[impl] = lambda p, x, layer=layer: layer.apply({"params": p}, x)
+    params = nn.unbox(conv3d.ConvTranspose3D(3, (1, 8, 8), (1, 4, 4)).init(jax.random.key(1), x))
+    chosen = conv3d.default_transpose_impl()
+    shape = "B=8, 5x16x16x32 -> 5x64x64x3, fwd+bwd"
+    return _compare_impls(fns, (params["params"], x), chosen, "xla", shape, repeats)
 
 
 # The toy as first committed (129a689), for the before/after ratio.
@@ -132,7 +154,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
     parser.add_argument("--paper_clip", default="5x32x1", help="frames x size x batch for paper")
-    parser.add_argument("--skip_depthwise", action="store_true")
+    parser.add_argument("--skip_depthwise", action="store_true", help="and the transpose bench")
     parser.add_argument(
         "--paper_depthwise", default="", help="'' (per backend), grouped or shifted"
     )
@@ -140,6 +162,7 @@ def main() -> None:
     report = {"backend": jax.default_backend(), "devices": jax.device_count()}
     if not args.skip_depthwise:
         report["depthwise"] = bench_depthwise(repeats=2)
+        report["transpose"] = bench_transpose(repeats=5)
     for size in args.sizes.split(","):
         if size in ("toy", "toy_old"):
             toy = tok_config.get_config("toy")
