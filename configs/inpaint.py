@@ -98,8 +98,10 @@ def _toy() -> ml_collections.ConfigDict:
     # CFG branches, but a stronger text pull fills the hole with one whole object. The gap
     # is in the raw decode; the composited output keeps every pixel outside the mask.
     c.eval.cfg_scale = 6.0
-    c.diffusion.sketch_drop = 0.5
-    c.eval.guide_sketch = True
+    # Sketch guidance (`diffusion.sketch_drop=0.5`, `eval.guide_sketch=True`: the
+    # unconditional branch drops the sketch too) stays off: on a 2,000-step toy (session 5,
+    # 64 clips) it read shape 0.61 / colour 1.00 at guidance 10, against 0.61 / 0.95 for
+    # the same model guided on the text alone; 0.61 at 6, 0.47 at 3.
     return c
 
 
