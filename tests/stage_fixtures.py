@@ -13,6 +13,8 @@ import its helpers before pytest would register it for assertion rewriting.
 """
 
 import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -75,6 +77,17 @@ TINY_INPAINT = [
     "eval.batch_size=2",
     "eval.steps=2",
 ]
+
+
+def run_tool(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs `tools/<script>` of this checkout in a fresh interpreter; output captured."""
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", script), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
 
 
 def tokenizer_overrides() -> list[str]:

@@ -100,24 +100,15 @@ def test_export_params_only(tmp_path):
 
 
 def test_export_tool_end_to_end(tmp_path):
-    import subprocess
-    import sys
+    from tests.stage_fixtures import run_tool
 
     _trained(tmp_path / "run")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(root, "tools", "export.py"),
-            f"--workdir={tmp_path}/run",
-            "--stage=tiny",
-            f"--out={tmp_path}/exp",
-            "--dtype=float16",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=dict(os.environ, PYTHONPATH=root),
+    run = run_tool(
+        "export.py",
+        f"--workdir={tmp_path}/run",
+        "--stage=tiny",
+        f"--out={tmp_path}/exp",
+        "--dtype=float16",
     )
     assert run.returncode == 0, run.stderr[-3000:]
     params, config = checkpoint_lib.load_exported(str(tmp_path / "exp"))

@@ -1,8 +1,6 @@
 """The denoiser vocabulary: the V most used tokenizer codes, the rest snapped to them."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,7 +8,7 @@ import pytest
 from motionaura_jax.pipelines import TextToVideo
 from motionaura_jax.tokenizer import vocabulary as vocabulary_lib
 from motionaura_jax.train import t2v, t2v_data
-from tests.stage_fixtures import ROOT, t2v_config
+from tests.stage_fixtures import run_tool, t2v_config
 
 pytest_plugins = ["tests.stage_fixtures"]
 
@@ -93,19 +91,7 @@ def test_t2v_stage_predicts_the_vocabulary(base_run):
 
 def test_export_carries_the_vocabulary_and_loads_without_it_fails(base_run, tmp_path):
     out = tmp_path / "export"
-    run = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "tools", "export.py"),
-            f"--workdir={base_run}",
-            "--stage=t2v",
-            f"--out={out}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-    )
+    run = run_tool("export.py", f"--workdir={base_run}", "--stage=t2v", f"--out={out}")
     assert run.returncode == 0, run.stderr[-3000:]
     tokenizer_dir = os.path.join(base_run, "tokenizer")
     pipe = TextToVideo.from_folders(str(out), tokenizer_dir=tokenizer_dir)
