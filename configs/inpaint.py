@@ -92,12 +92,14 @@ def _toy() -> ml_collections.ConfigDict:
     c.train.update(
         num_steps=1500, batch_size=8, log_every=25, checkpoint_every=500, max_seconds=600.0
     )
-    # Guidance 6: on the session-4 main-job model (64 clips) shape / colour / PSNR gap
-    # outside the hole were 0.39 / 0.95 / 3.4 dB at 1.5, 0.56 / 0.97 / 6.3 dB at 3,
-    # 0.75 / 0.92 / 7.2 dB at 6 and 0.77 / 0.91 / 7.2 dB at 10. The sketch stays in both
-    # CFG branches, but a stronger text pull fills the hole with one whole object. The gap
-    # is in the raw decode; the composited output keeps every pixel outside the mask.
-    c.eval.cfg_scale = 6.0
+    # Guidance 10. Shape / colour / PSNR gap outside the hole on 64 clips:
+    #   session-4 main-job model: 0.39 / 0.95 / 3.4 dB at 1.5, 0.56 / 0.97 / 6.3 dB at 3,
+    #   0.75 / 0.92 / 7.2 dB at 6, 0.77 / 0.91 / 7.2 dB at 10;
+    #   session-5 main-job model: 0.64 / 1.00 / 14.3 dB at 6, 0.72 / 1.00 / 14.8 dB at 10.
+    # The sketch stays in both CFG branches, but a stronger text pull fills the hole with
+    # one whole object. The gap is in the raw decode; the composited output keeps every
+    # pixel outside the mask.
+    c.eval.cfg_scale = 10.0
     # Sketch guidance (`diffusion.sketch_drop=0.5`, `eval.guide_sketch=True`: the
     # unconditional branch drops the sketch too) stays off: on a 2,000-step toy (session 5,
     # 64 clips) it read shape 0.61 / colour 1.00 at guidance 10, against 0.61 / 0.95 for
