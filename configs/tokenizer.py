@@ -121,9 +121,10 @@ def _toy() -> ml_collections.ConfigDict:
         then one space+time downsampler and one time-only downsampler (`spatial_down`),
         so nothing runs above 16 x 16; the decoder mirrors it and ends in a (1, 8, 8)
         stride-4 ConvTranspose;
-      * no MB / Inception-Fused-MB blocks (depths 0): on CPU they cost 4x the step time
-        and slowed early training (15.6 dB vs 23.0 dB after 240 s, same schedule); the
-        `paper` variant and the tests keep them;
+      * no MB / Inception-Fused-MB blocks (depths 0): they slowed early training (15.6 dB
+        vs 23.0 dB after 240 s, same schedule). Session 5 re-measured their cost: decoder
+        MB blocks at the 8x8 stages make the step 1.6-1.75x slower and scored 21.3 dB
+        against 22.5 dB after 240 s; the `paper` variant and the tests keep them;
       * training clips are 9 frames, the length it is scored on. Session 5 measured what
         training on 5-frame clips (1 + 4k, k = 1) cost: scored on 9 frames, frames 1-5
         reached 25-26 dB but frames 6-9 only 17-20 dB, since the third latent frame's causal
