@@ -128,9 +128,10 @@ def _toy() -> ml_collections.ConfigDict:
     c.data = shapes_config()  # 9 x 64 x 64 clips; the token grid follows the tokenizer
     c.tokens.build_cache = True  # DIR/t2v_tokens.npz, written once per tokenizer
     c.tokens.cache_clips = 6000
-    # The 2,048 most used codes: 99.94% of the cached tokens of the session-4 tokenizer
-    # (2,618 of 12,800 codes used; the session-5 one uses 923, all kept), and half the
-    # step time of the 12,800-way head.
+    # At most the 2,048 most used codes: 99.94% of the cached tokens of the session-4
+    # tokenizer (2,618 of 12,800 codes used), and half the step time of the 12,800-way
+    # head. The session-5 tokenizer uses 923 codes, so the vocabulary is exactly those
+    # (a 923-way head: 5% off the step against 2,048, tools/bench_denoiser.py shape).
     c.tokens.vocabulary = 2048
     # Word tokens, not bytes: each word of the caption is one near-orthogonal random
     # vector, so a colour is one key the cross-attention can find. With byte tokens and

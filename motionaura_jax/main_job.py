@@ -68,8 +68,9 @@ METRIC_NOTES = """\
 - tokenizer: `psnr` (dB) and `ssim` of reconstructed held-out clips, `codebook_usage` =
   share of the codebook used on them, `perplexity` of the code histogram.
 - t2v: `caption_<attribute>` = fraction of caption objects whose colour / shape / motion
-  the `shapes` oracle reads in the clip generated for a held-out caption; `caption_all` =
-  clips with every attribute and the object count right.
+  the `shapes` oracle reads in the clip generated for a held-out caption; `caption_count`
+  = clips showing as many objects as their caption names; `caption_all` = clips with
+  every attribute and the object count right.
 - inpaint: `inpaint_shape` / `inpaint_color` = clips whose hole holds an object of the
   sketched shape / captioned colour (`inpaint_found`: any object); `psnr_outside_mask` =
   PSNR outside the hole of the decoded clip, `reference_psnr_outside_mask` the same for

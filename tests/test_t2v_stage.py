@@ -22,7 +22,8 @@ def test_trains_end_to_end_and_writes_eval(t2v_run, base_run):
     assert result["stage"] == "t2v" and result["finished"]
     assert result["step"] == config.train.num_steps
     assert result["num_prompts"] == config.eval.num_prompts
-    for key in ("caption_color", "caption_shape", "caption_motion", "caption_mean"):
+    keys = ("caption_color", "caption_shape", "caption_motion", "caption_mean", "caption_count")
+    for key in keys:
         assert 0.0 <= result[key] <= 1.0, (key, result[key])
     checkpoints = checkpoint_lib.StageCheckpointer(
         os.path.join(t2v_run, "t2v", "checkpoints"), stage="t2v", async_save=False

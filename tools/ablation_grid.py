@@ -39,7 +39,14 @@ T2V_VARIANTS = {
     "paper_cross": "paper_cross",  # Eq. 4's spectral cross-attention
 }
 TOKENIZER_KEYS = ("psnr", "ssim", "codebook_usage", "perplexity")
-T2V_KEYS = ("caption_color", "caption_shape", "caption_motion", "caption_mean", "caption_all")
+T2V_KEYS = (
+    "caption_color",
+    "caption_shape",
+    "caption_motion",
+    "caption_mean",
+    "caption_count",
+    "caption_all",
+)
 BASE_TOKENIZER = "toy"  # the tokenizer every t2v variant is trained on
 
 _ROOT = flags.DEFINE_string("root", "runs/ablations", "Folder holding one workdir per run.")

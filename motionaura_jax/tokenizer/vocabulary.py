@@ -10,6 +10,10 @@ the step: 0.68 s -> 0.33 s, and sampling (10 steps, CFG) 1.2 -> 4.7 clips/s, on 
 This is ours, not the paper's, and the default only for the toy (`tokens.vocabulary` in
 configs/t2v.py).
 
+`tokens.vocabulary = V` is a ceiling: a tokenizer that uses fewer than V codes on the
+cache gets a vocabulary of exactly its used codes (the session-5 toy tokenizer: 923),
+since a code that never occurs is never a target and its logit is wasted work.
+
 A `CodeVocabulary` keeps the V most frequent codes (ids 0..V-1 in code order) and sends
 every other code to the kept code whose decoder input (`quantizer.embed`) is nearest, so
 any clip still tokenizes: an unseen code decodes to its nearest neighbour. It is written
@@ -113,11 +117,14 @@ def most_used(
 ) -> CodeVocabulary:
     """The `size` most frequent codes (ties: the lower code), the rest snapped to them.
 
+    Codes that never occur are never kept: with fewer than `size` used codes the
+    vocabulary is exactly the used ones.
+
     Args:
       counts: (K,) occurrences of each code on the training tokens.
       code_vectors: (K, d) what the decoder receives for each code; an unkept code maps
         to the kept code nearest in this space.
-      size: V, 1 <= V <= K.
+      size: the most codes to keep, 1 <= size <= K.
     """
     counts = np.asarray(counts, np.int64)
     k = counts.shape[0]
@@ -127,6 +134,7 @@ def most_used(
         raise ValueError(f"{code_vectors.shape[0]} code vectors for {k} counted codes")
     if counts.sum() == 0:
         raise ValueError("no tokens were counted; the token cache is empty")
+    size = min(size, int((counts > 0).sum()))
     order = np.lexsort((np.arange(k), -counts))  # by count, then by code
     codes = np.sort(order[:size]).astype(np.int32)
     vectors = np.asarray(code_vectors, np.float64)

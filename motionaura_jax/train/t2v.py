@@ -94,7 +94,8 @@ def with_vocabulary(
 
     0 keeps all K codes. V > 0 reads `<stage_folder>/vocabulary.npz`; when it is missing
     and `cache` is given (a new t2v run), counts the cache's codes, keeps the V most used
-    (`tokenizer/vocabulary.py`) and writes the file before any checkpoint needs it.
+    (fewer if the cache uses fewer; `tokenizer/vocabulary.py`) and writes the file before
+    any checkpoint needs it.
     """
     size = int(config.tokens.get("vocabulary", 0))
     if size <= 0:
@@ -102,7 +103,7 @@ def with_vocabulary(
     path = os.path.join(stage_folder, vocabulary_lib.FILE_NAME)
     if os.path.isfile(path):
         vocabulary = vocabulary_lib.CodeVocabulary.load(path)
-        if vocabulary.size != size:
+        if vocabulary.size > size:
             raise ValueError(
                 f"{path!r} keeps {vocabulary.size} codes but tokens.vocabulary={size}; set "
                 f"--config.tokens.vocabulary={vocabulary.size} or use a new workdir"
@@ -116,9 +117,9 @@ def with_vocabulary(
             os.makedirs(stage_folder, exist_ok=True)
             vocabulary.save(path)
             print(
-                f"[t2v] vocabulary: the {size} most used of {tokenizer.vocab_size} codes "
-                f"({int((counts > 0).sum())} used) cover {vocabulary.coverage:.2%} of the "
-                f"cached tokens; wrote {path}",
+                f"[t2v] vocabulary: the {vocabulary.size} most used of "
+                f"{tokenizer.vocab_size} codes ({int((counts > 0).sum())} used) cover "
+                f"{vocabulary.coverage:.2%} of the cached tokens; wrote {path}",
                 flush=True,
             )
     else:
@@ -241,8 +242,8 @@ def score_clips(
     """Oracle caption accuracy of clips (T, H, W, 3) in [-1, 1] against their captions.
 
     Per attribute: the fraction of captioned objects whose colour / shape / motion the
-    clip shows; `mean` over the three; `all`: clips with every attribute right and the
-    right object count.
+    clip shows; `mean` over the three; `count`: clips showing as many objects as their
+    caption names; `all`: clips with every attribute right and the right object count.
     """
     vocab = dict(
         colors=tuple(data_config.colors),
@@ -250,7 +251,7 @@ def score_clips(
         motions=tuple(data_config.motions),
     )
     hits = {k: [] for k in ATTRIBUTES}
-    whole = []
+    whole, count = [], []
     for video, caption in zip(videos, captions, strict=True):
         result = oracle.score_caption(np.asarray(video, np.float32), caption, **vocab)
         for obj in result["objects"]:
@@ -258,8 +259,10 @@ def score_clips(
                 if obj[k] is not None:
                     hits[k].append(obj[k])
         whole.append(bool(result["all"]))
+        count.append(bool(result["count"]))
     scores = {prefix + k: float(np.mean(v)) if v else 0.0 for k, v in hits.items()}
     scores[prefix + "mean"] = float(np.mean([scores[prefix + k] for k in ATTRIBUTES]))
+    scores[prefix + "count"] = float(np.mean(count))
     scores[prefix + "all"] = float(np.mean(whole))
     return scores
 
