@@ -177,10 +177,13 @@ def _toy() -> ml_collections.ConfigDict:
     #   1,500 steps, 12,800 codes: 0.556 / 0.222 at 3, 0.556 / 0.303 at 2;
     #   4,500 steps, 12,800 codes: 0.556 / 0.424 at 3, 0.444 / 0.253 at 1.5;
     #   3,000 steps, 2,048 codes (session 5): 0.586 / 0.374 at 3, 0.545 / 0.263 at 2.
-    # The price (session 6, main-job model): guidance collapses two-object captions into one
-    # oversized blob of both colours. Right object count 0.43 at 1, 0.11 at 3; one-object
-    # captions need it (motion 0.17 at 1, 0.66 at 3). A guidance ramp 1 -> s over the steps,
-    # a plausibility cut on the guided codes and lower token temperatures did not help.
+    # Two-object captions are what fails (session 6, per object count, session-5 main-job
+    # model): one-object captions need guidance (motion 0.17 at 1, 0.66 at 3; colour 1.0 at
+    # 3; 0.24 / 0.59 / 0.93 on the session-6 model), while two-object ones stay
+    # near colour 0.41-0.44 at 1 and 3, mostly drawn as one oversized blob of both colours
+    # (right object count 0.43 at 1 and 0.11 at 3 on the session-5 main-job model; 0.31 and
+    # 0.37 on the session-6 one). A guidance ramp 1 -> s over the steps, a plausibility cut
+    # on the guided codes and lower token temperatures did not help.
     c.eval.cfg_scale = 3.0
     # 24 steps in (almost) random order, not the paper's 10 by confidence: on two 1,500-step
     # toys (session 4) motion rose from 0.23 to 0.35 and 0.30, colour from 0.51 to 0.58 and

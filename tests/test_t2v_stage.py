@@ -46,8 +46,8 @@ def test_loss_falls_on_a_fixed_batch(t2v_run, base_run):
     assert len(losses) == config.train.num_steps  # log_every=1
     # Time and masks are redrawn every step, so compare averages, not single steps. The
     # vocabulary holds only the codes of these 8 clips, so the loss starts near log V (no
-    # unused codes to push down): it fell by 0.62 nats in 20 steps; step-to-step noise of
-    # the 5-step means is about 0.05.
+    # unused codes to push down): it fell by 0.62 nats in 20 steps, while single steps
+    # scatter by about 0.05.
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3, losses
 
 
