@@ -11,6 +11,9 @@ Variants:
   linear            toy with plain linear LoRA (mergeable into the base for export)
   paper_context     toy, but every z_t token is generated (no given context outside the
                     mask): the paper's setting, where only z_m carries the context
+  concat            toy, but z_m's tokens are appended to the sequence as in the paper
+                    (D10), not added to z_t's cell by cell (`inpaint.context`), with the
+                    guidance that suits it (10)
 
 The base is named, not copied: `base_dir` ("" = DIR/t2v) and `base_step` (-1 = latest)
 are stored with every checkpoint, and `base_fingerprint` (filled at start-up) makes a
@@ -23,7 +26,7 @@ from configs.common import base_config
 from motionaura_jax.data.config import shapes_config
 from motionaura_jax.inpaint.sketch import sketch_config
 
-VARIANTS = ("toy", "paper", "r8", "r16", "r32", "r64", "linear", "paper_context")
+VARIANTS = ("toy", "paper", "r8", "r16", "r32", "r64", "linear", "paper_context", "concat")
 _RANKS = {"r8": 8, "r16": 16, "r32": 32, "r64": 64}  # Table 6
 
 
@@ -47,6 +50,9 @@ def _common() -> ml_collections.ConfigDict:
             # no_shape: "a red object moves left" (shape from the sketch) | full
             caption="no_shape",
             known_outside=True,  # latent cells outside the mask are given (E(V)), not generated
+            # How z_m enters the denoiser: "concat" (D10, the paper: appended tokens) or
+            # "sum" (ours: added to z_t's embedding at the same cell; half the sequence)
+            context="concat",
         )
     )
     c.cache = ml_collections.ConfigDict(
@@ -90,20 +96,26 @@ def _toy() -> ml_collections.ConfigDict:
     )
     # Batch 8 as configs/t2v.py:toy: 3 x 8 x 8 = 192 tokens a clip on the 2-core CPU.
     c.train.update(
-        num_steps=1500, batch_size=8, log_every=25, checkpoint_every=500, max_seconds=600.0
+        num_steps=3300, batch_size=8, log_every=25, checkpoint_every=500, max_seconds=600.0
     )
-    # Guidance 10. Shape / colour / PSNR gap outside the hole on 64 clips:
-    #   session-4 main-job model: 0.39 / 0.95 / 3.4 dB at 1.5, 0.56 / 0.97 / 6.3 dB at 3,
-    #   0.75 / 0.92 / 7.2 dB at 6, 0.77 / 0.91 / 7.2 dB at 10;
-    #   session-5 main-job model: 0.64 / 1.00 / 14.3 dB at 6, 0.72 / 1.00 / 14.8 dB at 10.
-    # The sketch stays in both CFG branches, but a stronger text pull fills the hole with
-    # one whole object. The gap is in the raw decode; the composited output keeps every
-    # pixel outside the mask.
-    c.eval.cfg_scale = 10.0
+    # z_m added to z_t cell by cell (ours, `inpaint.context`; the paper appends it). Measured
+    # in session 7 on the session-6 main-job t2v model, 64 held-out clips (shape / colour /
+    # PSNR gap outside the hole; the tokenizer's own reconstruction reads shape 0.69):
+    #   concat, 1,500 steps (2.6 steps/s, the 10 minutes): 0.72 / 1.00 / 14.7 dB at guidance
+    #     10 (oversized blobs filling every generated cell; 0.56 / 0.97 / 6.3 dB at 3 on
+    #     the session-4 model);
+    #   sum, 1,500 steps (6.3 steps/s): 0.59 / 0.98 / 10.9 dB at 10, 0.58 / 1.00 / 4.1 dB
+    #     at 3, 0.56 / 1.00 / 1.8 dB at 1;
+    #   sum, 3,600 steps: 0.61 / 1.00 / 1.5 dB at 1, 0.63 / 1.00 / 2.3 dB at 2,
+    #     0.59 / 0.94 / 1.1 dB at 0.5 (3,300 here: room in the 600 s at 6.3 steps/s).
+    # Summed, the denoiser reads the masked video at the cell it predicts, so it needs no
+    # guidance for the colour; guidance only inflates the object over the generated cells.
+    c.inpaint.context = "sum"
+    c.eval.cfg_scale = 1.0
     # Sketch guidance (`diffusion.sketch_drop=0.5`, `eval.guide_sketch=True`: the
     # unconditional branch drops the sketch too) stays off: on a 2,000-step toy (session 5,
-    # 64 clips) it read shape 0.61 / colour 1.00 at guidance 10, against 0.61 / 0.95 for
-    # the same model guided on the text alone; 0.61 at 6, 0.47 at 3.
+    # 64 clips, concat) it read shape 0.61 / colour 1.00 at guidance 10, against 0.61 / 0.95
+    # for the same model guided on the text alone; 0.61 at 6, 0.47 at 3.
     return c
 
 
@@ -141,6 +153,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.lora.kind = "linear"
     elif arg == "paper_context":
         c.inpaint.known_outside = False
+    elif arg == "concat":
+        c.inpaint.context, c.eval.cfg_scale = "concat", 10.0
     else:
         raise ValueError(f"unknown inpaint variant {arg!r}; use one of {VARIANTS}")
     return c

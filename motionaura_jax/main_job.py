@@ -66,13 +66,17 @@ CURVE_KEYS = {
 }
 METRIC_NOTES = """\
 - tokenizer: `psnr` (dB) and `ssim` of reconstructed held-out clips, `codebook_usage` =
-  share of the codebook used on them, `perplexity` of the code histogram.
+  share of the codebook used on them, `perplexity` of the code histogram; `oracle_color`
+  / `_shape` / `_motion` = what the oracle reads in those reconstructions (the ceiling of
+  the later stages' caption and sketch scores).
 - t2v: `caption_<attribute>` = fraction of caption objects whose colour / shape / motion
   the `shapes` oracle reads in the clip generated for a held-out caption; `caption_count`
   = clips showing as many objects as their caption names; `caption_all` = clips with
   every attribute and the object count right.
 - inpaint: `inpaint_shape` / `inpaint_color` = clips whose hole holds an object of the
-  sketched shape / captioned colour (`inpaint_found`: any object); `psnr_outside_mask` =
+  sketched shape / captioned colour (`inpaint_found`: any object), and
+  `reference_inpaint_shape` / `_color` the same reading of the tokenizer's reconstruction
+  in the hole (their ceiling); `psnr_outside_mask` =
   PSNR outside the hole of the decoded clip, `reference_psnr_outside_mask` the same for
   the tokenizer's reconstruction (the ceiling), `psnr_outside_gap_db` their difference;
   `inpaint_temporal_color` / `inpaint_temporal_shape` = the fraction of frames in which the

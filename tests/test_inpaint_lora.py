@@ -28,10 +28,10 @@ def inputs(seed=0):
 
 
 @functools.cache
-def _build(kind, rank, scan, depth):
+def _build(kind, rank, scan, depth, context):
     base = SpectralTransformer(**{**KW, "depth": depth}, scan_layers=scan)
     adapted = base.clone(lora_rank=rank, lora_kind=kind, lora_alpha=2.0)
-    model = inpaint_model.InpaintDenoiser(adapted)
+    model = inpaint_model.InpaintDenoiser(adapted, context=context)
     with jax.default_prng_impl("unsafe_rbg"):  # compiles in a fraction of threefry's time
         full = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(1), *inputs())["params"])
     trainable, base_params = inpaint_model.split_trainable(full)
@@ -48,14 +48,14 @@ def _build(kind, rank, scan, depth):
     return base, model, trainable, trained
 
 
-def build(kind="adapter", rank=4, scan=True, depth=None):
+def build(kind="adapter", rank=4, scan=True, depth=None, context="concat"):
     """(base, adapted model, trainable params, "trained" base params); fresh copies.
 
     Default depth: 2 blocks scanned (per-layer stacks), 1 block unscanned (`block_0`; more
     blocks only repeat it, at the cost of tracing and compiling each).
     """
     depth = depth or (2 if scan else 1)
-    base, model, trainable, trained = _build(kind, rank, scan, depth)
+    base, model, trainable, trained = _build(kind, rank, scan, depth, context)
     copy = lambda tree: jax.tree.map(np.array, tree)  # noqa: E731
     return base, model, copy(trainable), copy(trained)
 
@@ -130,6 +130,36 @@ def test_adapted_model_equals_base_exactly_at_init(kind, scan, eager):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=0, atol=2e-6)
         changed, _ = compiled(bumped_full, trained)  # same shapes: no second compile
     assert not np.allclose(np.asarray(changed), np.asarray(ref))
+
+
+def test_summed_context_starts_equal_to_base_and_reads_the_masked_video():
+    # context="sum": z_m's embedding is added to z_t's at the same cell; its table starts
+    # at zero, so at init the model is the base on z_t with only the sketch tokens appended.
+    base, model, trainable, trained = build(context="sum")
+    assert not np.any(trainable["masked_embed"])
+    z_t, z_m, feats, t, text, mask, fps, drop = inputs()
+
+    @jax.jit
+    def both(trainable, z_m):
+        full = inpaint_model.merge_params(trainable, trained)
+        ours = model.apply({"params": full}, z_t, z_m, feats, t, text, mask, fps, drop)
+        sk = inpaint_model.SketchProjector(32).apply({"params": full["sketch_mlp"]}, feats)
+        ref = base.apply({"params": trained}, z_t, t, text, mask, fps, drop, extra_embeds=sk)
+        return ours, ref
+
+    ours, ref = both(trainable, z_m)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=0, atol=2e-6)
+    # A trained table makes the output depend on z_m, cell by cell.
+    rng = np.random.default_rng(5)
+    trainable["masked_embed"] = rng.standard_normal(trainable["masked_embed"].shape) * 0.5
+    trainable["masked_embed"] = trainable["masked_embed"].astype(np.float32)
+    before, _ = both(trainable, z_m)
+    other = z_m.copy()
+    other[0, 0, 0, 0] = (other[0, 0, 0, 0] + 1) % 40
+    after, _ = both(trainable, other)
+    assert not np.allclose(np.asarray(before), np.asarray(ref))
+    assert not np.allclose(np.asarray(after[0]), np.asarray(before[0]))
+    np.testing.assert_allclose(np.asarray(after[1]), np.asarray(before[1]), rtol=0, atol=2e-6)
 
 
 def test_split_holds_only_adapters_embeddings_and_sketch_mlp():

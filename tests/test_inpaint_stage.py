@@ -60,7 +60,7 @@ def test_stage_checkpoints_trainable_params_and_names_its_base(base_run, inpaint
     result = json.load(open(os.path.join(inpaint_run, "inpaint", "eval.json")))
     assert result["stage"] == "inpaint" and result["finished"]
     assert result["step"] == expected.train.num_steps
-    for key in ("inpaint_shape", "inpaint_color", "inpaint_found"):
+    for key in ("inpaint_shape", "inpaint_color", "inpaint_found", "reference_inpaint_shape"):
         assert 0.0 <= result[key] <= 1.0
     assert result["num_clips"] == expected.eval.num_clips
     assert result["psnr_outside_mask"] > 0 and result["reference_psnr_outside_mask"] > 0

@@ -95,6 +95,8 @@ def test_stage_init_loss_and_evaluate():
     assert report["num_clips"] == 4
     assert 0.0 < report["codebook_usage"] <= 1.0 and report["perplexity"] >= 1.0
     assert np.isfinite(report["psnr"]) and -1.0 <= report["ssim"] <= 1.0
+    # `shapes`: the oracle's reading of the reconstructions (the later stages' ceiling).
+    assert all(0.0 <= report[f"oracle_{k}"] <= 1.0 for k in ("color", "shape", "motion"))
 
 
 def test_no_mfi_variant_has_no_mfi_loss():

@@ -32,9 +32,8 @@ import jax.numpy as jnp  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from motionaura_jax import pipelines  # noqa: E402
-from motionaura_jax.data import pipeline  # noqa: E402
+from motionaura_jax.data import oracle, pipeline  # noqa: E402
 from motionaura_jax.denoiser import sampling  # noqa: E402
-from motionaura_jax.train import t2v  # noqa: E402
 
 
 def object_tokens(masks_bmthw: np.ndarray, grid: tuple[int, int, int], temporal: int) -> np.ndarray:
@@ -86,7 +85,7 @@ def probe(
             fixed_mask=jnp.asarray(~hole),
         )
         video = np.asarray(jax.jit(tokenizer.decode)(tokenizer.params, filled))
-        result[name] = t2v.score_clips(list(video), captions, config.data)
+        result[name] = oracle.score_clips(list(video), captions, config.data)
     return result
 
 

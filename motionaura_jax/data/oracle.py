@@ -421,3 +421,40 @@ def classify_sketch(sketch: np.ndarray, shapes: Sequence[str] = SHAPES) -> str:
     if not filled.any():
         raise ValueError("sketch has no ink (all pixels are light); pass a line drawing")
     return _classify_shape(filled.astype(np.float32), shapes)[0]
+
+
+ATTRIBUTES = ("color", "shape", "motion")
+
+
+def score_clips(
+    videos: Sequence[np.ndarray],
+    captions: Sequence[str],
+    data_config: Any,
+    prefix: str = "caption_",
+) -> dict[str, float]:
+    """Oracle caption accuracy of clips (T, H, W, 3) in [-1, 1] against their captions.
+
+    Per attribute: the fraction of captioned objects whose colour / shape / motion the
+    clip shows; `mean` over the three; `count`: clips showing as many objects as their
+    caption names; `all`: clips with every attribute right and the right object count.
+    """
+    vocab = dict(
+        colors=tuple(data_config.colors),
+        shapes=tuple(data_config.shapes),
+        motions=tuple(data_config.motions),
+    )
+    hits = {k: [] for k in ATTRIBUTES}
+    whole, count = [], []
+    for video, caption in zip(videos, captions, strict=True):
+        result = score_caption(np.asarray(video, np.float32), caption, **vocab)
+        for obj in result["objects"]:
+            for k in ATTRIBUTES:
+                if obj[k] is not None:
+                    hits[k].append(obj[k])
+        whole.append(bool(result["all"]))
+        count.append(bool(result["count"]))
+    scores = {prefix + k: float(np.mean(v)) if v else 0.0 for k, v in hits.items()}
+    scores[prefix + "mean"] = float(np.mean([scores[prefix + k] for k in ATTRIBUTES]))
+    scores[prefix + "count"] = float(np.mean(count))
+    scores[prefix + "all"] = float(np.mean(whole))
+    return scores

@@ -196,6 +196,8 @@ class SpectralTransformer(nn.Module):
         masked-video tokens and sketch features, D10); they take part in every block but
         get no logits. RoPE positions continue the sequence (rope3d: as further frames of
         the same h x w grid).
+      token_offsets: (B, L, width) embeddings added to the token embeddings position by
+        position (stage 3's `context="sum"`: the masked video's token at the same cell).
       digit_logits: with `code_levels`, return the (B, L, sum(code_levels)) per-digit
         logits instead of the K-way log-probabilities (training; see `code_levels`).
     Returns:
@@ -382,6 +384,7 @@ class SpectralTransformer(nn.Module):
         drop_text: jax.Array | None = None,
         extra_embeds: jax.Array | None = None,
         digit_logits: bool = False,
+        token_offsets: jax.Array | None = None,
     ) -> jax.Array:
         self._check(tokens)
         if digit_logits and not self.code_levels:
@@ -394,6 +397,8 @@ class SpectralTransformer(nn.Module):
             fps = jnp.full((b,), self.default_fps, jnp.float32)
 
         x = self._embed(tokens)
+        if token_offsets is not None:
+            x = x + token_offsets.astype(self.dtype)
         if extra_embeds is not None:
             x = jnp.concatenate([x, extra_embeds.astype(self.dtype)], axis=1)
         total = x.shape[1]

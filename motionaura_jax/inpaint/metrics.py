@@ -8,6 +8,9 @@
   pixels are the input's exactly, so the PSNR would be infinite and say nothing.)
   `reference_psnr_outside_mask` is the same for the tokenizer's own reconstruction
   D(E(V)) of the clip: the best any denoiser can do through this tokenizer.
+* `reference_inpaint_shape` / `_color`: the oracle's reading of that reconstruction
+  composited into the hole, the ceiling of `inpaint_shape` / `_color` (a tokenizer that
+  rounds crosses into diamonds caps the shape score however good the denoiser is).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from motionaura_jax.data import oracle
 from motionaura_jax.data.shapes import COLORS, SHAPES
+from motionaura_jax.inpaint.data import composite
 
 
 def psnr_outside(video: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
@@ -53,21 +57,30 @@ def score_inpainting(
     """
     vocab = dict(vocab or {})
     shape_hits, color_hits, found, psnr, ref = [], [], [], [], []
+    ref_shape, ref_color = [], []
     held = {"color": [], "shape": []}
     for out, hat, rec, ex in zip(outputs, raw, recon, examples, strict=True):
         out = np.asarray(out, np.float32)
+        want_shape, want_color = SHAPES[int(ex["shape"])], COLORS[int(ex["color"])]
         read = oracle.object_in_region(out, ex["mask"], **vocab)
         consistency = oracle.temporal_consistency(out, region=ex["mask"], **vocab)
         for key in held:
             held[key].append(consistency[key])
         found.append(read["found"])
-        shape_hits.append(read["shape"] == SHAPES[int(ex["shape"])])
-        color_hits.append(read["color"] == COLORS[int(ex["color"])])
+        shape_hits.append(read["shape"] == want_shape)
+        color_hits.append(read["color"] == want_color)
+        ceiling = oracle.object_in_region(
+            composite(ex["video"], rec, ex["mask"]), ex["mask"], **vocab
+        )
+        ref_shape.append(ceiling["shape"] == want_shape)
+        ref_color.append(ceiling["color"] == want_color)
         psnr.append(psnr_outside(hat, ex["video"], ex["mask"]))
         ref.append(psnr_outside(rec, ex["video"], ex["mask"]))
     scores = {
         "inpaint_shape": float(np.mean(shape_hits)),
         "inpaint_color": float(np.mean(color_hits)),
+        "reference_inpaint_shape": float(np.mean(ref_shape)),
+        "reference_inpaint_color": float(np.mean(ref_color)),
         "inpaint_found": float(np.mean(found)),
         "inpaint_temporal_color": float(np.mean(held["color"])),
         "inpaint_temporal_shape": float(np.mean(held["shape"])),

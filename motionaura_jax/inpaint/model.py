@@ -6,6 +6,12 @@ the masked-video tokens (so the denoiser can tell the two token streams apart), 
 sketch tokens come from `sketch.SketchProjector`. Logits are returned for the z_t
 positions only (the loss is on z_t, D10). Text cross-attention is the base's.
 
+`context="sum"` (ours, D10 note) adds `embed'(z_m)` to `embed(z_t)` cell by cell instead
+of appending it: z_m's token at a cell is the masked video at that very cell, so the
+denoiser reads it without having to find it through attention, and the sequence is half
+as long (L + S' instead of 2L + S'). That table starts at zero, so the adapted model
+still starts exactly equal to the base.
+
 Parameters of `InpaintDenoiser` are `{'base': <SpectralTransformer params incl. LoRA>,
 'masked_embed': (rows, D), 'sketch_mlp': {...}}`. Only the LoRA adapters (every module
 whose name ends in `_lora`), `masked_embed` and `sketch_mlp` are trained:
@@ -36,6 +42,7 @@ from motionaura_jax.parallel import axes
 
 PyTree = Any
 LORA_SUFFIX = "_lora"
+CONTEXTS = ("concat", "sum")  # how z_m enters the sequence (see the module docstring)
 # Adapter name -> (base kernel name in the same parent module, slot of a fused kernel's
 # second axis or None). Self-attention has one fused qkv kernel (D, 3, H, Dh); cross-
 # attention a q kernel and a fused kv kernel (D, 2, H, Dh); the FF adapter reads `wo`'s output.
@@ -54,6 +61,8 @@ class InpaintDenoiser(nn.Module):
     Attributes:
       base: the t2v `SpectralTransformer` with `lora_rank > 0` (its fields = the t2v config).
       sketch_hidden: hidden width of the sketch MLP (0 = the denoiser's width).
+      context: "concat" (D10: z_m's tokens appended to the sequence) or "sum" (added to
+        z_t's embedding at the same cell; see the module docstring).
 
     Call args:
       z_t: (B, n, h, w) int32 in [0, K] (K = [MASK]); z_m: (B, n, h, w) int32 in [0, K).
@@ -68,6 +77,7 @@ class InpaintDenoiser(nn.Module):
 
     base: SpectralTransformer
     sketch_hidden: int = 0
+    context: str = "concat"
 
     @nn.compact
     def __call__(
@@ -85,9 +95,13 @@ class InpaintDenoiser(nn.Module):
     ):
         base = self.base
         b = z_t.shape[0]
+        if self.context not in CONTEXTS:
+            raise ValueError(f"inpaint context={self.context!r}; use one of {CONTEXTS}")
+        summed = self.context == "sum"
+        init = nn.initializers.zeros if summed else nn.initializers.normal(0.02)
         table = self.param(
             "masked_embed",
-            partitioned(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
+            partitioned(init, (axes.VOCAB, axes.EMBED)),
             (padded_vocab_rows(base.vocab_size), base.width),
             base.param_dtype,
         )
@@ -97,7 +111,7 @@ class InpaintDenoiser(nn.Module):
         )(sketch_feats.astype(base.dtype))
         if drop_sketch is not None:
             sketch = jnp.where(drop_sketch[:, None, None], 0.0, sketch)
-        extra = jnp.concatenate([zm, sketch.astype(base.dtype)], axis=1)
+        sketch = sketch.astype(base.dtype)
         return base(
             z_t,
             t,
@@ -105,8 +119,9 @@ class InpaintDenoiser(nn.Module):
             text_mask=text_mask,
             fps=fps,
             drop_text=drop_text,
-            extra_embeds=extra,
+            extra_embeds=sketch if summed else jnp.concatenate([zm, sketch], axis=1),
             digit_logits=digit_logits,
+            token_offsets=zm if summed else None,
         )
 
 

@@ -123,7 +123,11 @@ def load_parts(config: ml_collections.ConfigDict, workdir: str | None) -> Inpain
     adapted = base_model.clone(
         lora_rank=int(lora.rank), lora_kind=lora.kind, lora_alpha=float(lora.alpha)
     )
-    model = InpaintDenoiser(adapted, sketch_hidden=int(config.sketch.mlp_hidden))
+    model = InpaintDenoiser(
+        adapted,
+        sketch_hidden=int(config.sketch.mlp_hidden),
+        context=config.inpaint.get("context", "concat"),
+    )
     return InpaintParts(
         model,
         base_model,

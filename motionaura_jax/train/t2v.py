@@ -12,7 +12,6 @@ the tokenizer and scores it with the `shapes` oracle: caption accuracy per attri
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -21,7 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from motionaura_jax.data import oracle, pipeline
+from motionaura_jax.data import pipeline
+from motionaura_jax.data.oracle import score_clips
 from motionaura_jax.denoiser import sampling
 from motionaura_jax.denoiser.diffusion import DiffusionConfig, diffusion_loss
 from motionaura_jax.denoiser.model import SpectralTransformer
@@ -34,7 +34,6 @@ from motionaura_jax.train.stage import Stage, earlier_stage_dir
 PyTree = Any
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TOKEN_SOURCES = ("online", "cache")
-ATTRIBUTES = ("color", "shape", "motion")
 
 
 def tokenizer_dir(config: ml_collections.ConfigDict, workdir: str | None) -> str:
@@ -231,40 +230,6 @@ def sampler_kwargs(eval_config: ml_collections.ConfigDict) -> dict:
     if eval_config.sampler == "maskgit":
         kwargs["choice_temperature"] = float(eval_config.choice_temperature)
     return kwargs
-
-
-def score_clips(
-    videos: Sequence[np.ndarray],
-    captions: Sequence[str],
-    data_config: ml_collections.ConfigDict,
-    prefix: str = "caption_",
-) -> dict:
-    """Oracle caption accuracy of clips (T, H, W, 3) in [-1, 1] against their captions.
-
-    Per attribute: the fraction of captioned objects whose colour / shape / motion the
-    clip shows; `mean` over the three; `count`: clips showing as many objects as their
-    caption names; `all`: clips with every attribute right and the right object count.
-    """
-    vocab = dict(
-        colors=tuple(data_config.colors),
-        shapes=tuple(data_config.shapes),
-        motions=tuple(data_config.motions),
-    )
-    hits = {k: [] for k in ATTRIBUTES}
-    whole, count = [], []
-    for video, caption in zip(videos, captions, strict=True):
-        result = oracle.score_caption(np.asarray(video, np.float32), caption, **vocab)
-        for obj in result["objects"]:
-            for k in ATTRIBUTES:
-                if obj[k] is not None:
-                    hits[k].append(obj[k])
-        whole.append(bool(result["all"]))
-        count.append(bool(result["count"]))
-    scores = {prefix + k: float(np.mean(v)) if v else 0.0 for k, v in hits.items()}
-    scores[prefix + "mean"] = float(np.mean([scores[prefix + k] for k in ATTRIBUTES]))
-    scores[prefix + "count"] = float(np.mean(count))
-    scores[prefix + "all"] = float(np.mean(whole))
-    return scores
 
 
 class _Evaluator:

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from motionaura_jax.data import pipeline
+from motionaura_jax.data.oracle import ATTRIBUTES, score_clips
 from motionaura_jax.metrics.image import psnr, ssim
 from motionaura_jax.parallel.rules import CONV_RULES
 from motionaura_jax.tokenizer.losses import tokenizer_loss
@@ -70,7 +71,12 @@ def make_reconstruct_fn(model: VideoTokenizer):
 
 
 class _Evaluator:
-    """PSNR / SSIM / codebook usage of the reconstructions of a fixed held-out set."""
+    """PSNR / SSIM / codebook usage of the reconstructions of a fixed held-out set.
+
+    On `shapes` also `oracle_color` / `_shape` / `_motion`: what the oracle reads in the
+    reconstructions against the true captions (`oracle.score_clips`), the ceiling of
+    the later stages' caption and sketch scores through this tokenizer.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict, model: VideoTokenizer):
         self.config, self.model = config, model
@@ -84,21 +90,28 @@ class _Evaluator:
             self._batches = pipeline.eval_batches(
                 eval_data_config(self.config), int(ev.num_clips), int(ev.batch_size), split=ev.split
             )
-        psnrs, ssims, codes = [], [], []
+        psnrs, ssims, codes, recons = [], [], [], []
         for batch in self._batches:
             video = jnp.asarray(batch["video"], jnp.float32)
             indices, video_hat = self.reconstruct(params, video)
             psnrs.append(np.asarray(psnr(video_hat, video, data_range=2.0)).reshape(-1))
             ssims.append(np.asarray(ssim(video_hat, video, data_range=2.0)).reshape(-1))
             codes.append(np.asarray(indices).reshape(-1))
+            recons.extend(np.asarray(video_hat))
         stats = codebook_stats(jnp.asarray(np.concatenate(codes)), self.model.codebook_size)
-        return {
+        scores = {
             "psnr": float(np.mean(np.concatenate(psnrs))),
             "ssim": float(np.mean(np.concatenate(ssims))),
             "codebook_usage": float(stats["codebook_usage"]),
             "perplexity": float(stats["perplexity"]),
             "num_clips": float(sum(len(b["video"]) for b in self._batches)),
         }
+        data = self.config.data
+        if data.name == "shapes":
+            captions = [str(c) for b in self._batches for c in b["caption"]]
+            read = score_clips(recons, captions, data, prefix="oracle_")
+            scores.update({f"oracle_{k}": read[f"oracle_{k}"] for k in ATTRIBUTES})
+        return scores
 
 
 def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stage:
