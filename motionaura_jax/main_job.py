@@ -76,9 +76,9 @@ METRIC_NOTES = """\
 - inpaint: `inpaint_shape` / `inpaint_color` = clips whose hole holds an object of the
   sketched shape / captioned colour (`inpaint_found`: any object), and
   `reference_inpaint_shape` / `_color` the same reading of the tokenizer's reconstruction
-  in the hole (their ceiling); `psnr_outside_mask` =
-  PSNR outside the hole of the decoded clip, `reference_psnr_outside_mask` the same for
-  the tokenizer's reconstruction (the ceiling), `psnr_outside_gap_db` their difference;
+  in the hole (their ceiling); `psnr_outside_mask` = PSNR outside the hole of the decoded
+  clip, `reference_psnr_outside_mask` the same for the tokenizer's reconstruction (the
+  ceiling), `psnr_outside_gap_db` their difference;
   `inpaint_temporal_color` / `inpaint_temporal_shape` = the fraction of frames in which the
   object tracked in the hole keeps its majority colour / shape (`oracle.temporal_consistency`)."""
 
