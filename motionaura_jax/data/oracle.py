@@ -437,6 +437,8 @@ def score_clips(
     Per attribute: the fraction of captioned objects whose colour / shape / motion the
     clip shows; `mean` over the three; `count`: clips showing as many objects as their
     caption names; `all`: clips with every attribute right and the right object count.
+    `data_config` (a `shapes` data config) limits the readings to its colours, shapes and
+    motions.
     """
     vocab = dict(
         colors=tuple(data_config.colors),
