@@ -159,8 +159,11 @@ def _toy() -> ml_collections.ConfigDict:
         spatial_down=(True, False),
     )
     c.optimizer.update(lr=5e-3, warmup_steps=50, weight_decay=0.0, clip_norm=1.0, end_lr_ratio=0.05)
+    # 6,000 steps fill the 10-minute budget at ~11 steps/s. The toy is short of steps, not
+    # of capacity (session 7, 256 held-out clips): 3,600 steps gave 26.84 dB and an oracle
+    # shape reading of 0.62 on its reconstructions, 7,200 steps 28.16 dB and 0.73.
     c.train.update(
-        num_steps=3600, batch_size=8, log_every=100, checkpoint_every=1000, max_seconds=600.0
+        num_steps=6000, batch_size=8, log_every=100, checkpoint_every=1000, max_seconds=600.0
     )
     c.masking.patch_sizes = (8, 16)  # 64x64 frames: the paper's 16/32 on 256px, scaled 1/4
     c.masking.patch = c.masking.frame = False  # see the docstring; `masked` turns them on
