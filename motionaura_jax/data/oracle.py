@@ -426,37 +426,52 @@ def classify_sketch(sketch: np.ndarray, shapes: Sequence[str] = SHAPES) -> str:
 ATTRIBUTES = ("color", "shape", "motion")
 
 
+class CaptionTally:
+    """Running oracle caption accuracy: `add` clips one at a time, then read `scores`.
+
+    Per attribute: the fraction of captioned objects whose colour / shape / motion the
+    clips show; `mean` over the three; `count`: clips showing as many objects as their
+    caption names; `all`: clips with every attribute right and the right object count.
+    `data_config` (a `shapes` data config) limits the readings to its colours, shapes and
+    motions. Clips are not kept, so a long evaluation holds one batch at a time.
+    """
+
+    def __init__(self, data_config: Any):
+        self.vocab = dict(
+            colors=tuple(data_config.colors),
+            shapes=tuple(data_config.shapes),
+            motions=tuple(data_config.motions),
+        )
+        self.hits: dict[str, list[bool]] = {k: [] for k in ATTRIBUTES}
+        self.whole: list[bool] = []
+        self.count: list[bool] = []
+
+    def add(self, video: np.ndarray, caption: str) -> None:
+        """One clip (T, H, W, 3) in [-1, 1] and its caption."""
+        result = score_caption(np.asarray(video, np.float32), caption, **self.vocab)
+        for obj in result["objects"]:
+            for k in ATTRIBUTES:
+                if obj[k] is not None:
+                    self.hits[k].append(obj[k])
+        self.whole.append(bool(result["all"]))
+        self.count.append(bool(result["count"]))
+
+    def scores(self, prefix: str = "caption_") -> dict[str, float]:
+        out = {prefix + k: float(np.mean(v)) if v else 0.0 for k, v in self.hits.items()}
+        out[prefix + "mean"] = float(np.mean([out[prefix + k] for k in ATTRIBUTES]))
+        out[prefix + "count"] = float(np.mean(self.count))
+        out[prefix + "all"] = float(np.mean(self.whole))
+        return out
+
+
 def score_clips(
     videos: Sequence[np.ndarray],
     captions: Sequence[str],
     data_config: Any,
     prefix: str = "caption_",
 ) -> dict[str, float]:
-    """Oracle caption accuracy of clips (T, H, W, 3) in [-1, 1] against their captions.
-
-    Per attribute: the fraction of captioned objects whose colour / shape / motion the
-    clip shows; `mean` over the three; `count`: clips showing as many objects as their
-    caption names; `all`: clips with every attribute right and the right object count.
-    `data_config` (a `shapes` data config) limits the readings to its colours, shapes and
-    motions.
-    """
-    vocab = dict(
-        colors=tuple(data_config.colors),
-        shapes=tuple(data_config.shapes),
-        motions=tuple(data_config.motions),
-    )
-    hits = {k: [] for k in ATTRIBUTES}
-    whole, count = [], []
+    """Oracle caption accuracy of clips (T, H, W, 3) in [-1, 1] (see `CaptionTally`)."""
+    tally = CaptionTally(data_config)
     for video, caption in zip(videos, captions, strict=True):
-        result = score_caption(np.asarray(video, np.float32), caption, **vocab)
-        for obj in result["objects"]:
-            for k in ATTRIBUTES:
-                if obj[k] is not None:
-                    hits[k].append(obj[k])
-        whole.append(bool(result["all"]))
-        count.append(bool(result["count"]))
-    scores = {prefix + k: float(np.mean(v)) if v else 0.0 for k, v in hits.items()}
-    scores[prefix + "mean"] = float(np.mean([scores[prefix + k] for k in ATTRIBUTES]))
-    scores[prefix + "count"] = float(np.mean(count))
-    scores[prefix + "all"] = float(np.mean(whole))
-    return scores
+        tally.add(video, caption)
+    return tally.scores(prefix)

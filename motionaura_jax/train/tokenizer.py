@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from motionaura_jax.data import pipeline
-from motionaura_jax.data.oracle import ATTRIBUTES, score_clips
+from motionaura_jax.data.oracle import ATTRIBUTES, CaptionTally
 from motionaura_jax.metrics.image import psnr, ssim
 from motionaura_jax.parallel.rules import CONV_RULES
 from motionaura_jax.tokenizer.losses import tokenizer_loss
@@ -90,14 +90,18 @@ class _Evaluator:
             self._batches = pipeline.eval_batches(
                 eval_data_config(self.config), int(ev.num_clips), int(ev.batch_size), split=ev.split
             )
-        psnrs, ssims, codes, recons = [], [], [], []
+        psnrs, ssims, codes = [], [], []
+        data = self.config.data
+        tally = CaptionTally(data) if data.name == "shapes" else None
         for batch in self._batches:
             video = jnp.asarray(batch["video"], jnp.float32)
             indices, video_hat = self.reconstruct(params, video)
             psnrs.append(np.asarray(psnr(video_hat, video, data_range=2.0)).reshape(-1))
             ssims.append(np.asarray(ssim(video_hat, video, data_range=2.0)).reshape(-1))
             codes.append(np.asarray(indices).reshape(-1))
-            recons.extend(np.asarray(video_hat))
+            if tally is not None:
+                for clip, caption in zip(np.asarray(video_hat), batch["caption"], strict=True):
+                    tally.add(clip, str(caption))
         stats = codebook_stats(jnp.asarray(np.concatenate(codes)), self.model.codebook_size)
         scores = {
             "psnr": float(np.mean(np.concatenate(psnrs))),
@@ -106,10 +110,8 @@ class _Evaluator:
             "perplexity": float(stats["perplexity"]),
             "num_clips": float(sum(len(b["video"]) for b in self._batches)),
         }
-        data = self.config.data
-        if data.name == "shapes":
-            captions = [str(c) for b in self._batches for c in b["caption"]]
-            read = score_clips(recons, captions, data, prefix="oracle_")
+        if tally is not None:
+            read = tally.scores(prefix="oracle_")
             scores.update({f"oracle_{k}": read[f"oracle_{k}"] for k in ATTRIBUTES})
         return scores
 
