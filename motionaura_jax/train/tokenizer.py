@@ -74,7 +74,7 @@ class _Evaluator:
     """PSNR / SSIM / codebook usage of the reconstructions of a fixed held-out set.
 
     On `shapes` also `oracle_color` / `_shape` / `_motion`: what the oracle reads in the
-    reconstructions against the true captions (`oracle.score_clips`), the ceiling of
+    reconstructions against the true captions (`oracle.CaptionTally`), the ceiling of
     the later stages' caption and sketch scores through this tokenizer.
     """
 
