@@ -41,6 +41,9 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
             keep_checkpoints=3,
             async_checkpoint=True,
             check_batches=True,  # reject NaN/inf inputs on the host before they reach the model
+            # > 0: keep an exponential moving average of the params (decay per step), which
+            # evaluation, later stages and exports use instead of the raw params.
+            ema_decay=0.0,
             max_seconds=0.0,  # wall-clock budget; 0: none. Stops with a checkpoint when spent
             stop_at_step=0,  # stop (with a checkpoint) at this step; 0: run to num_steps.
             # Unlike a smaller num_steps it leaves the lr schedule unchanged (time-sliced jobs).

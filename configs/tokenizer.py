@@ -162,6 +162,12 @@ def _toy() -> ml_collections.ConfigDict:
     # 6,000 steps fill the 10-minute budget at ~11 steps/s. The toy is short of steps, not
     # of capacity (session 7, 256 held-out clips): 3,600 steps gave 26.84 dB and an oracle
     # shape reading of 0.62 on its reconstructions, 7,200 steps 28.16 dB and 0.73.
+    # It is limited by the clips it sees, not the updates: batch 4 for 12,000 steps (the
+    # same clips) scored 27.55 dB at lr 3.5e-3 and 27.23 dB at 5e-3, against 27.56 dB here;
+    # the step costs the same per clip at batch 4 and 8 (about 120 clips/s, compute-bound).
+    # A 0.999 moving average of the weights (`train.ema_decay`) scored 27.54 dB (session 8).
+    # 86% of the squared error lies within 2 px of object edges (16.6 dB there, 37.6 dB on
+    # the background).
     c.train.update(
         num_steps=6000, batch_size=8, log_every=100, checkpoint_every=1000, max_seconds=600.0
     )

@@ -1,7 +1,8 @@
 """Orbax checkpoints per stage, and params-only export (DESIGN section 6).
 
 Layout: `workdir/<stage>/checkpoints/<step>/{state,data,config}`.
-  state   train state (step, params, optimizer state), restorable onto any mesh
+  state   train state (step, params, optimizer state, optional EMA params), restorable
+          onto any mesh
   data    the Grain iterator state of every host (so a resumed run sees the same batches)
   config  the config as JSON; its `stage` tags the checkpoint
 
@@ -203,7 +204,10 @@ def load_params(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
     )
     reader.close()
-    return jax.device_get(restored["state"]["params"]), config
+    state = restored["state"]
+    # A run with `train.ema_decay` > 0 hands on its moving average (train/step.py).
+    params = state.get("ema_params") or state["params"]
+    return jax.device_get(params), config
 
 
 def export_params(

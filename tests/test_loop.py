@@ -163,3 +163,34 @@ def test_rerun_of_a_finished_stage_only_evaluates(tmp_path):
     first = loop.train(config, str(tmp_path))
     again = loop.train(config, str(tmp_path))
     assert first == again and again["step"] == 2
+
+
+def test_ema_params_follow_the_recursion_and_are_what_eval_and_later_stages_read(tmp_path):
+    decay = 0.5
+    config = config_lib.load_config(
+        TINY, ["train.num_steps=4", "train.checkpoint_every=1", f"train.ema_decay={decay}"]
+    )
+    result = loop.train(config, str(tmp_path))
+    states = {s: _final_state(tmp_path, config, s) for s in (1, 2, 3, 4)}
+    expected = states[1].ema_params
+    for s in (2, 3, 4):
+        d = min(decay, s / (9.0 + s))  # the step counter before update s is s - 1
+        expected = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, expected, states[s].params)
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6),
+            states[s].ema_params,
+            expected,
+        )
+    last = states[4]
+    assert not np.allclose(
+        np.asarray(last.ema_params["Dense_0"]["kernel"]),
+        np.asarray(last.params["Dense_0"]["kernel"]),
+    )
+    stage = loop.build_stage(config, str(tmp_path))
+    assert result["mse"] == stage.evaluate(last.ema_params, None)["mse"]
+    loaded, _ = checkpoint_lib.load_params(str(tmp_path / "tiny"))
+    jax.tree.map(
+        lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+        loaded,
+        last.ema_params,
+    )

@@ -28,6 +28,7 @@ flags.mark_flags_as_required(["workdir", "stage", "out"])
 def main(argv):
     del argv
     from motionaura_jax.train import loop
+    from motionaura_jax.train.step import eval_params
 
     ckpt_dir = os.path.join(_WORKDIR.value, _STAGE.value, "checkpoints")
     config, step = checkpoint_lib.read_config(ckpt_dir, _STEP.value)
@@ -35,7 +36,7 @@ def main(argv):
     state = checkpoint_lib.StageCheckpointer(ckpt_dir, stage=config.stage).restore(
         step, built.abstract_state
     )
-    out = checkpoint_lib.export_params(state.params, config, _OUT.value, _DTYPE.value)
+    out = checkpoint_lib.export_params(eval_params(state), config, _OUT.value, _DTYPE.value)
     # A t2v stage that predicts a subset of the codes needs its vocabulary to be loaded.
     side_file = os.path.join(_WORKDIR.value, _STAGE.value, vocabulary.FILE_NAME)
     if os.path.isfile(side_file):

@@ -27,7 +27,7 @@ from motionaura_jax.parallel import sharding
 from motionaura_jax.train import optim
 from motionaura_jax.train.registry import build_stage
 from motionaura_jax.train.stage import Stage
-from motionaura_jax.train.step import TrainState, make_train_step
+from motionaura_jax.train.step import TrainState, eval_params, make_train_step
 
 PyTree = Any
 
@@ -121,7 +121,10 @@ def setup(
 
     def init_state(row):
         params = stage.init(jax.random.PRNGKey(config.seed), row)
-        return TrainState(step=np.int32(0), params=params, opt_state=tx.init(params))
+        ema = params if config.train.ema_decay > 0 else None
+        return TrainState(
+            step=np.int32(0), params=params, opt_state=tx.init(params), ema_params=ema
+        )
 
     with nn.logical_axis_rules(stage.rules):
         abstract_boxed = jax.eval_shape(init_state, example_row)
@@ -137,7 +140,12 @@ def setup(
     abstract_state = sharding.abstract_with_shardings(abstract_boxed, state_shardings)
 
     step_fn = make_train_step(
-        stage, tx, schedule, seed=config.seed, grad_accum=config.optimizer.grad_accum
+        stage,
+        tx,
+        schedule,
+        seed=config.seed,
+        grad_accum=config.optimizer.grad_accum,
+        ema_decay=config.train.ema_decay,
     )
     batch_shardings = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in example.items()}
     train_step = jax.jit(
@@ -321,7 +329,7 @@ def train(
                 history = []
             if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
                 periodic = {
-                    k: float(v) for k, v in stage.evaluate(state.params, built.frozen).items()
+                    k: float(v) for k, v in stage.evaluate(eval_params(state), built.frozen).items()
                 }
                 writer.write_scalars(step, {f"eval/{k}": v for k, v in periodic.items()})
                 jsonl.write(step, "eval", periodic)
@@ -337,7 +345,7 @@ def train(
             f"[{stage.name}] interrupted by signal {stop.signum} at step {step}; checkpoint "
             "saved. Run the same command again to resume."
         )
-    results = dict(stage.evaluate(state.params, built.frozen))
+    results = dict(stage.evaluate(eval_params(state), built.frozen))
     results = {k: float(v) for k, v in results.items()}
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     jsonl.write(step, "eval", results)

@@ -29,6 +29,22 @@ class TrainState:
     step: jax.Array
     params: PyTree
     opt_state: PyTree
+    # Exponential moving average of `params` (`train.ema_decay` > 0), else None. Evaluation,
+    # later stages and exports read it in place of `params` (`eval_params`).
+    ema_params: PyTree = None
+
+
+def eval_params(state: TrainState) -> PyTree:
+    """The weights to evaluate and hand on: the moving average when training keeps one."""
+    return state.params if state.ema_params is None else state.ema_params
+
+
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+    """`decay`, ramped in as (1 + step) / (10 + step) so that the average of a short run is
+    not dominated by its random initialisation (the TF `ExponentialMovingAverage`
+    num_updates rule)."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
 def step_rng(seed: int, step: jax.Array) -> jax.Array:
@@ -56,6 +72,7 @@ def make_train_step(
     *,
     seed: int,
     grad_accum: int,
+    ema_decay: float = 0.0,
 ) -> Callable[[TrainState, PyTree, dict], tuple[TrainState, dict]]:
     """`(state, frozen, batch) -> (state, metrics)`, to be jitted by the caller."""
     grad_fn = jax.value_and_grad(stage.loss, has_aux=True)
@@ -94,6 +111,14 @@ def make_train_step(
             l2_updates=optax.tree.norm(updates),
         )
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        if ema_decay > 0:
+            decay = ema_decay_at(ema_decay, state.step)
+            ema = jax.tree.map(
+                lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
+                state.ema_params,
+                params,
+            )
+            new_state = new_state.replace(ema_params=ema)
         return new_state, metrics
 
     return train_step
