@@ -160,10 +160,10 @@ def _toy() -> ml_collections.ConfigDict:
         spatial_down=(True, False),
     )
     c.optimizer.update(lr=5e-3, warmup_steps=50, weight_decay=0.0, clip_norm=1.0, end_lr_ratio=0.05)
-    # 6,000 steps fill the 10-minute budget at ~11 steps/s. The toy is short of steps, not
-    # of capacity (session 7, 256 held-out clips): 3,600 steps gave 26.84 dB and an oracle
-    # shape reading of 0.62 on its reconstructions, 7,200 steps 28.16 dB and 0.73.
-    # It is limited by the clips it sees, not the updates: batch 4 for 12,000 steps (the
+    # 6,000 steps fill the 10-minute budget at ~11 steps/s. The toy is short of training
+    # clips, not of capacity (session 7, 256 held-out clips): 3,600 steps gave 26.84 dB and
+    # an oracle shape reading of 0.62 on its reconstructions, 7,200 steps 28.16 dB and 0.73.
+    # More updates on the same clips do not help: batch 4 for 12,000 steps (the
     # same clips) scored 27.55 dB at lr 3.5e-3 and 27.23 dB at 5e-3, against 27.56 dB at
     # batch 8 (all three with the FSQ commitment below at 0.25);
     # the step costs the same per clip at batch 4 and 8 (about 120 clips/s, compute-bound).
