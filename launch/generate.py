@@ -27,7 +27,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--prompt", action="append", required=True, help="caption; repeat for several clips"
     )
     pipelines.add_sampling_args(parser)
-    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--tokenizer-dir", default=None, help="override the tokenizer folder")
     parser.add_argument("--step", type=int, default=None, help="t2v checkpoint step")
     parser.add_argument("--save-npy", action="store_true", help="also write frames as .npy")

@@ -67,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         cfg=args.cfg,
         seed=args.seed,
         sampler=args.sampler,
+        temperature=args.temperature,
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     path = pipelines.save_video(args.output, out, fps=fps or pipe.fps)

@@ -70,14 +70,19 @@ def apply_overrides(
     """Applies `['optimizer.lr=3e-4', 'train.num_steps=10', ...]` to a copy of `config`."""
     config = ml_collections.ConfigDict(config.to_dict())
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not of the form key.sub=value")
-        key = key.strip().removeprefix("--").removeprefix("config.")
+        key, raw = override_key(item), item.partition("=")[2]
         parent, leaf = _resolve(config, key)
         old = parent[leaf]
         parent[leaf] = _coerce(key, _parse_value(raw), old)
     return config
+
+
+def override_key(item: str) -> str:
+    """The dotted key of an override `[--][config.]key.sub=value`."""
+    key, sep, _ = item.partition("=")
+    if not sep:
+        raise ValueError(f"override {item!r} is not of the form key.sub=value")
+    return key.strip().removeprefix("--").removeprefix("config.")
 
 
 def _resolve(config: ml_collections.ConfigDict, key: str):

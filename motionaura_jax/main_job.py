@@ -228,7 +228,7 @@ def t2v_samples(workdir: str, out_dir: str, num: int, seed: int = 0) -> dict:
     data = pipe.config.data
     batch = pipeline.eval_batches(data, num, num, split=pipe.config.eval.split)[0]
     captions = [str(c) for c in batch["caption"]]
-    frames = pipe.generate(captions, steps=int(pipe.config.eval.steps), seed=seed)
+    frames = pipe.generate(captions, seed=seed)  # the sampler settings of its eval
     vocab = dict(colors=tuple(data.colors), shapes=tuple(data.shapes), motions=tuple(data.motions))
     labels = []
     for clip, caption in zip(frames, captions):
@@ -259,10 +259,7 @@ def inpaint_samples(workdir: str, out_dir: str, num: int, seed: int = 0) -> dict
     vocab = dict(colors=tuple(data.colors), shapes=tuple(data.shapes))
     rows, labels = [], []
     for i, ex in enumerate(examples):
-        steps = int(pipe.config.eval.steps)
-        out = pipe.inpaint(
-            ex["video"], ex["mask"], ex["sketch"], ex["caption"], steps=steps, seed=seed + i
-        )
+        out = pipe.inpaint(ex["video"], ex["mask"], ex["sketch"], ex["caption"], seed=seed + i)
         out_float = out.astype(np.float32) / 127.5 - 1.0
         read = oracle.object_in_region(out_float, ex["mask"], **vocab)
         sketch = np.broadcast_to(pipelines.to_uint8(ex["sketch"]), out.shape)

@@ -10,7 +10,8 @@ inpainting, and file writers.
 
 `generate` returns uint8 (B, T, H, W, 3): the sampler (MaskGIT re-masking or the
 VQ-Diffusion-style posterior, D8) draws tokens with classifier-free guidance, and the
-frozen stage-1 tokenizer decodes them. One compile per (batch, frames, steps, cfg, sampler).
+frozen stage-1 tokenizer decodes them. Sampler settings not given are the run's `eval` ones.
+One compile per (batch, frames, steps, cfg, sampler, temperature).
 """
 
 from __future__ import annotations
@@ -170,12 +171,12 @@ class TextToVideo:
         self,
         prompts: Sequence[str] | str,
         *,
-        steps: int = 10,
+        steps: int | None = None,
         cfg: float | None = None,
         seed: int = 0,
         num_frames: int | None = None,
-        sampler: str = "maskgit",
-        temperature: float = 1.0,
+        sampler: str | None = None,
+        temperature: float | None = None,
         return_tokens: bool = False,
     ):
         """Generates one clip per prompt.
@@ -185,11 +186,14 @@ class TextToVideo:
             overlong ones are truncated with a warning or refused, as the text encoder's
             `on_overlong` says.
           steps: sampler steps (10 in the paper, D8).
-          cfg: guidance scale s in `l_u + s (l_c - l_u)`; None = the config's eval scale;
-            a negative value runs the conditional model alone.
+          cfg: guidance scale s in `l_u + s (l_c - l_u)`; a negative value runs the
+            conditional model alone.
           seed: the whole batch is a pure function of (prompts, seed, settings).
           num_frames: 1 + 4k frames (default: the training clips' length).
           sampler: 'maskgit' | 'posterior'.
+          temperature: of the token distribution (1 = the model's).
+          steps, cfg, sampler and temperature default to the run's `eval` settings (what
+          its eval.json scored; `sampling.run_settings`).
         Returns:
           uint8 (B, T, H, W, 3) frames (and the (B, n, h, w) tokens if `return_tokens`).
         """
@@ -198,22 +202,13 @@ class TextToVideo:
         prompts = list(prompts)
         if not prompts:
             raise ValueError("no prompts given; pass at least one caption")
-        if sampler not in sampling.SAMPLERS:
-            raise ValueError(f"sampler={sampler!r}; use one of {list(sampling.SAMPLERS)}")
-        if steps < 1:
-            raise ValueError(f"steps={steps}; use at least 1 (the paper uses 10)")
-        cfg = self.default_cfg if cfg is None else float(cfg)
+        steps, cfg, sampler, temperature = sampling.run_settings(
+            self.config.eval, steps=steps, cfg=cfg, sampler=sampler, temperature=temperature
+        )
         num_frames = int(num_frames or self.config.data.frames)
         text_emb, text_mask = self.text.embed(prompts)  # raises on empty captions
         fps = np.full((len(prompts),), self.fps, np.float32)
-        fn = self._generate_fn(
-            len(prompts),
-            num_frames,
-            int(steps),
-            cfg if cfg >= 0 else None,
-            sampler,
-            float(temperature),
-        )
+        fn = self._generate_fn(len(prompts), num_frames, steps, cfg, sampler, temperature)
         tokens, video = fn(
             self.params, self._tokenizer_params, text_emb, text_mask, fps, jax.random.PRNGKey(seed)
         )
@@ -286,13 +281,12 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """The sampler flags `launch/generate.py` and `launch/inpaint.py` share (one place, so
     the two command lines cannot drift apart)."""
     parser.add_argument("--output", required=True, help="output file: .mp4, .gif or .npy")
-    parser.add_argument("--steps", type=int, default=10, help="sampler steps (paper: 10)")
+    # Sampler settings default to the run's eval ones: what its eval.json scored.
+    parser.add_argument("--steps", type=int, default=None, help="default: the run's eval.steps")
     parser.add_argument(
-        "--cfg",
-        type=float,
-        default=None,
-        help="text guidance scale (default: the run's eval.cfg_scale; <0: none)",
+        "--cfg", type=float, default=None, help="text guidance scale (<0: none; default: eval's)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-frames", type=int, default=None, help="1 + 4k frames")
-    parser.add_argument("--sampler", default="maskgit", choices=["maskgit", "posterior"])
+    parser.add_argument("--sampler", default=None, choices=list(sampling.SAMPLERS))
+    parser.add_argument("--temperature", type=float, default=None, help="token temperature")

@@ -5,6 +5,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from motionaura_jax.denoiser.sampling import (
     guided_logits_fn,
     maskgit_sample,
     posterior_sample,
+    run_settings,
     sample,
 )
 
@@ -173,3 +175,18 @@ def test_sample_with_the_model_and_cfg(method="maskgit"):
     np.testing.assert_array_equal(out, run(params, jax.random.key(0), text, text_mask=mask))
     with pytest.raises(ValueError, match="sampler must be one of"):
         sample(model, params, jax.random.key(0), text, tokens.shape, method="ddim")
+
+
+def test_run_settings_default_to_the_eval_config_and_refuse_bad_values():
+    """What `TextToVideo.generate` and `Inpainter.inpaint` draw with when not told."""
+    ev = ml_collections.ConfigDict(
+        dict(steps=24, cfg_scale=3.0, sampler="maskgit", temperature=0.5)
+    )
+    assert run_settings(ev) == (24, 3.0, "maskgit", 0.5)
+    given = run_settings(ev, steps=2, cfg=-1.0, sampler="posterior", temperature=1.0)
+    assert given == (2, None, "posterior", 1.0)  # a negative scale: no guidance
+    bad = {"steps=0": dict(steps=0), "'greedy'": dict(sampler="greedy")}
+    bad["temperature=0.0"] = dict(temperature=0.0)
+    for match, kwargs in bad.items():
+        with pytest.raises(ValueError, match=match):
+            run_settings(ev, **kwargs)

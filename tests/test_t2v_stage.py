@@ -10,7 +10,7 @@ import pytest
 
 from motionaura_jax import checkpoint as checkpoint_lib
 from motionaura_jax.data import pipeline
-from motionaura_jax.train import t2v, t2v_data
+from motionaura_jax.train import loop, t2v, t2v_data
 from tests.stage_fixtures import t2v_config, t2v_run_config
 
 pytest_plugins = ["tests.stage_fixtures"]
@@ -34,6 +34,20 @@ def test_trains_end_to_end_and_writes_eval(t2v_run, base_run):
     assert not os.path.exists(os.path.join(t2v_run, "t2v_tokens.npz"))
     cache = t2v_data.TokenCache(config.tokens.cache_path)
     assert len(cache) == config.tokens.cache_clips
+
+
+def test_reevaluate_reproduces_eval_json_and_applies_eval_overrides(t2v_run):
+    """`loop.reevaluate` (tools/reevaluate.py): the same samples as the run's own final
+    evaluation, plus what the override asked for; non-eval settings are refused."""
+    saved = json.load(open(os.path.join(t2v_run, "t2v", "eval.json")))
+    again = loop.reevaluate(t2v_run, "t2v", ["--config.eval.reference=True"])
+    assert {k: again[k] for k in saved if k in again} == {k: saved[k] for k in again if k in saved}
+    assert {"caption_color", "caption_motion"} <= saved.keys() & again.keys()
+    assert {"reference_color", "reference_motion"} <= again.keys()
+    with pytest.raises(ValueError, match=r"only eval\.\* settings.*model\.width=8"):
+        loop.reevaluate(t2v_run, "t2v", ["model.width=8"])
+    with pytest.raises(FileNotFoundError, match="no stage folder.*inpaint"):
+        loop.reevaluate(t2v_run, "inpaint")
 
 
 def test_loss_falls_on_a_fixed_batch(t2v_run, base_run):

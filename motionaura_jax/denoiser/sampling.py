@@ -229,3 +229,30 @@ def sample(
         raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {method!r}")
     fn = guided_logits_fn(model.apply, params, text, text_mask, fps, guidance_scale)
     return SAMPLERS[method](rng, fn, token_shape, model.vocab_size, steps, **kwargs)
+
+
+def run_settings(
+    eval_config: Any,
+    *,
+    steps: int | None = None,
+    cfg: float | None = None,
+    sampler: str | None = None,
+    temperature: float | None = None,
+) -> tuple[int, float | None, str, float]:
+    """(steps, guidance scale or None, sampler, temperature) of a pipeline call.
+
+    Each setting not given is the run's `eval` one, so a library or command-line call
+    with no sampler arguments draws as the stage's `eval.json` was scored. A negative
+    guidance scale means no guidance (None: the conditional model alone).
+    """
+    steps = int(eval_config.steps if steps is None else steps)
+    if steps < 1:
+        raise ValueError(f"steps={steps}; use at least 1 (the paper uses 10)")
+    sampler = str(eval_config.sampler if sampler is None else sampler)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r}; use one of {list(SAMPLERS)}")
+    cfg = float(eval_config.cfg_scale if cfg is None else cfg)
+    temperature = float(eval_config.temperature if temperature is None else temperature)
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature}; use a positive value (1 = the model's)")
+    return steps, (cfg if cfg >= 0 else None), sampler, temperature

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from motionaura_jax import checkpoint as checkpoint_lib
+from motionaura_jax.denoiser import sampling
 from motionaura_jax.inpaint import data as inpaint_data
 from motionaura_jax.inpaint.sampling import make_inpaint_fn
 from motionaura_jax.inpaint.sketch import prepare_sketch
@@ -189,14 +190,17 @@ class Inpainter:
         sketch: Any,
         prompt: str,
         *,
-        steps: int = 10,
+        steps: int | None = None,
         cfg: float | None = None,
         seed: int = 0,
-        sampler: str = "maskgit",
-        temperature: float = 1.0,
+        sampler: str | None = None,
+        temperature: float | None = None,
         return_raw: bool = False,
     ):
         """Inpaints the masked region of one clip with the sketched object (see module doc).
+
+        `steps`, `cfg`, `sampler` and `temperature` default to the run's `eval` settings
+        (what its eval.json scored; `sampling.run_settings`).
 
         Returns:
           uint8 (T, H, W, 3) composited clip (and the float decoded clip before
@@ -206,8 +210,9 @@ class Inpainter:
             raise ValueError(
                 f"prompt {prompt!r} is empty; describe the object, e.g. 'a red object moves left'"
             )
-        if steps < 1:
-            raise ValueError(f"steps={steps}; use at least 1 (the paper uses 10)")
+        steps, cfg, sampler, temperature = sampling.run_settings(
+            self.config.eval, steps=steps, cfg=cfg, sampler=sampler, temperature=temperature
+        )
         tok = self.parts.tokenizer.model
         clip = prepare_video(video, tok.spatial_factor, tok.temporal_factor)
         m = prepare_mask(mask, clip.shape)
@@ -216,8 +221,7 @@ class Inpainter:
         hole = inpaint_data.hole_tokens(m[None], grid, tok.temporal_factor, tok.spatial_factor)
         masked = clip * (1.0 - m[..., None].astype(np.float32))  # V_m = V (1 - m), D10
         text_emb, text_mask = self.parts.text.embed([prompt])
-        cfg = float(self.config.eval.cfg_scale) if cfg is None else float(cfg)
-        fn = self._fn(int(steps), cfg if cfg >= 0 else None, sampler, float(temperature))
+        fn = self._fn(steps, cfg, sampler, temperature)
         _, hat = fn(
             self.trainable,
             self._base,

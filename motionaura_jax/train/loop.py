@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from motionaura_jax import checkpoint as checkpoint_lib
+from motionaura_jax import config as config_lib
 from motionaura_jax.parallel import mesh as mesh_lib
 from motionaura_jax.parallel import sharding
 from motionaura_jax.train import optim
@@ -354,6 +355,35 @@ def train(
     checkpointer.close()
     writer.close()
     return payload
+
+
+def reevaluate(
+    workdir: str, stage_name: str, eval_overrides: Sequence[str] = (), step: int | None = None
+) -> dict[str, float]:
+    """A finished stage's evaluation again, with changed `eval.*` settings (sampler, steps,
+    guidance, temperature, seed, reference scores): no training, nothing written.
+
+    Sampler settings are free to sweep after training; this reruns `Stage.evaluate` on the
+    checkpoint's params (its moving average if the run kept one) and saved config, so
+    with no overrides it reproduces the run's `eval.json`.
+    """
+    keys = [config_lib.override_key(o) for o in eval_overrides]
+    if not_eval := [o for o, k in zip(eval_overrides, keys) if not k.startswith("eval.")]:
+        raise ValueError(
+            f"only eval.* settings can change without retraining, got {not_eval}; "
+            "train again (launch/train.py) to change anything else"
+        )
+    folder = os.path.join(workdir, stage_name)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"no stage folder {folder!r}; pass the training --workdir and one of its stages "
+            f"({sorted(os.listdir(workdir)) if os.path.isdir(workdir) else 'none'})"
+        )
+    params, config = checkpoint_lib.load_params(folder, step)
+    config = config_lib.apply_overrides(config, eval_overrides)
+    stage = build_stage(config, workdir)
+    frozen = nn.meta.unbox(stage.frozen) if stage.frozen is not None else None
+    return {k: float(v) for k, v in stage.evaluate(params, frozen).items()}
 
 
 class _JsonlLog:
