@@ -6,7 +6,9 @@
 Loads `<workdir>/<stage>`'s latest (or `--step`) checkpoint and saved config, applies the
 `eval.*` overrides (steps, cfg_scale, temperature, sampler, seed, reference, ...) and
 prints the scores as one JSON line: how the guidance and temperature defaults of the toy
-configs were chosen. With no `--set` it reproduces the run's `eval.json`.
+configs were chosen. With no `--set` it reproduces the run's `eval.json`. Nothing is
+trained and no checkpoint is touched; the stage is built as in training, so a deleted
+train token cache is written again.
 """
 
 import json

@@ -361,11 +361,14 @@ def reevaluate(
     workdir: str, stage_name: str, eval_overrides: Sequence[str] = (), step: int | None = None
 ) -> dict[str, float]:
     """A finished stage's evaluation again, with changed `eval.*` settings (sampler, steps,
-    guidance, temperature, seed, reference scores): no training, nothing written.
+    guidance, temperature, seed, reference scores): no training, no checkpoint or eval.json
+    written.
 
     Sampler settings are free to sweep after training; this reruns `Stage.evaluate` on the
     checkpoint's params (its moving average if the run kept one) and saved config, so
-    with no overrides it reproduces the run's `eval.json`.
+    with no overrides it reproduces the run's `eval.json`. The stage is built as training
+    built it, so a train token cache the run wrote and that was since deleted is written
+    again (keep it to sweep quickly).
     """
     keys = [config_lib.override_key(o) for o in eval_overrides]
     if not_eval := [o for o, k in zip(eval_overrides, keys) if not k.startswith("eval.")]:
