@@ -72,7 +72,8 @@ METRIC_NOTES = """\
 - t2v: `caption_<attribute>` = fraction of caption objects whose colour / shape / motion
   the `shapes` oracle reads in the clip generated for a held-out caption; `caption_count`
   = clips showing as many objects as their caption names; `caption_all` = clips with
-  every attribute and the object count right.
+  every attribute and the object count right; `_1obj` / `_2obj` = the same over the
+  captions that name one / two objects.
 - inpaint: `inpaint_shape` / `inpaint_color` = clips whose hole holds an object of the
   sketched shape / captioned colour (`inpaint_found`: any object), and
   `reference_inpaint_shape` / `_color` the same reading of the tokenizer's reconstruction

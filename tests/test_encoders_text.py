@@ -64,16 +64,52 @@ def test_config_errors():
         text.make_text_encoder(text.text_config("t5"))
 
 
-def _words_encoder(max_length=16):
-    return text.make_text_encoder(
-        text.text_config(
-            "builtin",
-            max_length=max_length,
-            builtin=dict(
-                tokens="words", d_model=128, num_layers=2, num_heads=4, d_kv=32, d_ff=256, seed=0
-            ),
+def _words_encoder(max_length=16, window=0):
+    config = text.text_config("builtin", max_length=max_length)
+    config.builtin.update(tokens="words", window=window)
+    return text.make_text_encoder(config)
+
+
+def _probe_accuracy(x, labels, num_classes):
+    """Ridge probe trained on the first two thirds, accuracy on the rest."""
+    x = np.concatenate([x, np.ones((len(x), 1))], 1)
+    n = len(x) * 2 // 3
+    target = np.eye(num_classes)[labels]
+    w = np.linalg.solve(x[:n].T @ x[:n] + 1e-2 * np.eye(x.shape[1]), x[:n].T @ target[:n])
+    return float(np.mean(np.argmax(x[n:] @ w, 1) == labels[n:]))
+
+
+def test_phrase_window_binds_each_colour_to_its_own_motion():
+    rng = np.random.default_rng(0)
+    captions, motions = [], []
+    for _ in range(600):
+        c = rng.choice(len(COLORS), 2, replace=False)
+        s, m = rng.integers(0, len(SHAPES), 2), rng.integers(0, len(MOTIONS), 2)
+        captions.append(
+            f"a {COLORS[c[0]]} {SHAPES[s[0]]} moves {MOTIONS[m[0]]} and "
+            f"a {COLORS[c[1]]} {SHAPES[s[1]]} moves {MOTIONS[m[1]]}"
         )
-    )
+        motions.append(m)
+    motions = np.array(motions)
+    phrase, plain = _words_encoder(window=2), _words_encoder()
+    assert phrase.name.endswith("-window2") and "window" not in plain.name
+    reads = {}
+    for name, encoder in (("phrase", phrase), ("plain", plain)):
+        emb, _ = encoder.embed(captions)
+        at_red = emb[:, 1]  # the first object's colour word
+        reads[name] = [_probe_accuracy(at_red, motions[:, k], len(MOTIONS)) for k in (0, 1)]
+    # With the window the colour word tells its own object's motion and not the other's;
+    # the random bias mixes the whole caption into every word, both motions alike.
+    assert reads["phrase"][0] == 1.0 and reads["phrase"][1] < 0.45, reads
+    assert abs(reads["plain"][0] - reads["plain"][1]) < 0.15, reads
+    # The window is exact: word 1 reads words 1..5 (two layers of 0..2), never word 7.
+    base, _ = phrase.embed(["a red circle moves left and a blue square moves up"])
+    far, _ = phrase.embed(["a red circle moves left and a green square moves up"])
+    near, _ = phrase.embed(["a red circle moves right and a blue square moves up"])
+    np.testing.assert_allclose(far[0, 1], base[0, 1], atol=1e-5)
+    assert np.abs(near[0, 1] - base[0, 1]).max() > 0.01
+    with pytest.raises(ValueError, match="text.builtin.window=8; use 0"):
+        _words_encoder(window=8)
 
 
 def test_word_tokenization():

@@ -81,6 +81,25 @@ def test_wrong_captions_score_low():
     assert result["color"] == 0.0 and not result["count"]
 
 
+def test_caption_scores_split_by_object_count():
+    """`by_count` adds each reading over the one- and two-object captions separately."""
+    src = _source()
+    cfg = config_lib.shapes_config()
+    recs = [src[i] for i in range(12)]
+    counts = [int(r["num_objects"]) for r in recs]
+    assert 1 in counts and 2 in counts
+    # Blank out every two-object clip: the one-object readings stay perfect.
+    videos = [
+        r["video"] if n == 1 else np.full_like(r["video"], -1.0) for r, n in zip(recs, counts)
+    ]
+    captions = [_truth_caption(r) for r in recs]
+    scores = oracle.score_clips(videos, captions, cfg, by_count=True)
+    assert scores["caption_color_1obj"] == 1.0 and scores["caption_count_1obj"] == 1.0
+    assert scores["caption_color_2obj"] == 0.0 and scores["caption_count_2obj"] == 0.0
+    assert scores["caption_count"] == pytest.approx(counts.count(1) / len(counts))
+    assert "caption_color_2obj" not in oracle.score_clips(videos, captions, cfg)
+
+
 def test_temporal_consistency_flags_changing_objects():
     src = _source(min_objects=1, max_objects=1)
     rec = src[3]

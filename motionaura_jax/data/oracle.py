@@ -437,6 +437,7 @@ class CaptionTally:
     """
 
     def __init__(self, data_config: Any):
+        self.data_config = data_config
         self.vocab = dict(
             colors=tuple(data_config.colors),
             shapes=tuple(data_config.shapes),
@@ -445,10 +446,17 @@ class CaptionTally:
         self.hits: dict[str, list[bool]] = {k: [] for k in ATTRIBUTES}
         self.whole: list[bool] = []
         self.count: list[bool] = []
+        # The same readings split by how many objects the caption names (`scores(by_count)`).
+        self.by_count: dict[int, CaptionTally] = {}
 
     def add(self, video: np.ndarray, caption: str) -> None:
         """One clip (T, H, W, 3) in [-1, 1] and its caption."""
         result = score_caption(np.asarray(video, np.float32), caption, **self.vocab)
+        self._tally(result)
+        n = len(result["objects"])
+        self.by_count.setdefault(n, CaptionTally(self.data_config))._tally(result)
+
+    def _tally(self, result: dict[str, Any]) -> None:
         for obj in result["objects"]:
             for k in ATTRIBUTES:
                 if obj[k] is not None:
@@ -456,11 +464,18 @@ class CaptionTally:
         self.whole.append(bool(result["all"]))
         self.count.append(bool(result["count"]))
 
-    def scores(self, prefix: str = "caption_") -> dict[str, float]:
+    def scores(self, prefix: str = "caption_", by_count: bool = False) -> dict[str, float]:
+        """The readings as `<prefix><attribute>`, `mean`, `count` and `all`; with
+        `by_count`, also each of them over the clips whose caption names n objects, as
+        `<prefix><key>_<n>obj` (e.g. `caption_motion_2obj`)."""
         out = {prefix + k: float(np.mean(v)) if v else 0.0 for k, v in self.hits.items()}
         out[prefix + "mean"] = float(np.mean([out[prefix + k] for k in ATTRIBUTES]))
         out[prefix + "count"] = float(np.mean(self.count))
         out[prefix + "all"] = float(np.mean(self.whole))
+        if by_count:
+            for n, tally in sorted(self.by_count.items()):
+                for key, value in tally.scores(prefix).items():
+                    out[f"{key}_{n}obj"] = value
         return out
 
 
@@ -469,9 +484,10 @@ def score_clips(
     captions: Sequence[str],
     data_config: Any,
     prefix: str = "caption_",
+    by_count: bool = False,
 ) -> dict[str, float]:
     """Oracle caption accuracy of clips (T, H, W, 3) in [-1, 1] (see `CaptionTally`)."""
     tally = CaptionTally(data_config)
     for video, caption in zip(videos, captions, strict=True):
         tally.add(video, caption)
-    return tally.scores(prefix)
+    return tally.scores(prefix, by_count=by_count)

@@ -296,7 +296,7 @@ class _Evaluator:
                 rng,
             )
             videos += list(np.asarray(video)[: len(rows)])
-        scores = score_clips(videos, self.captions, self.config.data)
+        scores = score_clips(videos, self.captions, self.config.data, by_count=True)
         if self.config.eval.reference:
             scores.update(self.reference(frozen))
         scores["num_prompts"] = float(len(self.captions))
