@@ -20,6 +20,8 @@ from typing import Any
 import ml_collections
 
 STAGES = ("tokenizer", "t2v", "inpaint")
+# The stage configs of this checkout: configs/<stage>.py.
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -74,6 +76,22 @@ def apply_overrides(
         parent, leaf = _resolve(config, key)
         old = parent[leaf]
         parent[leaf] = _coerce(key, _parse_value(raw), old)
+    return config
+
+
+def with_new_fields(config: ml_collections.ConfigDict, section: str) -> ml_collections.ConfigDict:
+    """A copy of a saved stage config with the `section` fields that the stage's current
+    config (configs/<stage>.py, default variant) has and the saved one lacks, at their
+    defaults: settings added after a run was trained (e.g. a new sampler option) can then
+    be overridden on it. Fields the saved config has keep their values."""
+    path = os.path.join(CONFIG_DIR, f"{config.stage}.py")
+    config = ml_collections.ConfigDict(config.to_dict())
+    if not os.path.isfile(path) or section not in config:
+        return config
+    current = load_config(path)
+    for key, value in current.get(section, {}).items():
+        if key not in config[section]:
+            config[section][key] = value
     return config
 
 

@@ -45,7 +45,7 @@ from motionaura_jax import report
 
 STAGES = config_lib.STAGES
 STEPS = (*STAGES, "report")
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_DIR = config_lib.CONFIG_DIR
 RECORD = "main_job.json"
 SAMPLES = "samples"
 MAX_GIFS = 4

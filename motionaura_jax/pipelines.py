@@ -153,9 +153,6 @@ class TextToVideo:
         )
         key = (batch, grid, steps, cfg, sampler, temperature)
         if key not in self._compiled:
-            kwargs = {"temperature": temperature}
-            if sampler == "maskgit":
-                kwargs["choice_temperature"] = float(self.config.eval.choice_temperature)
             self._compiled[key] = t2v.make_generate_fn(
                 self.denoiser,
                 self.tokenizer,
@@ -163,7 +160,7 @@ class TextToVideo:
                 steps=steps,
                 cfg_scale=cfg,
                 sampler=sampler,
-                sampler_kwargs=kwargs,
+                sampler_kwargs=sampling.sampler_kwargs(self.config.eval, sampler, temperature),
             )
         return self._compiled[key]
 

@@ -86,3 +86,19 @@ def test_bad_spec_and_bad_batch():
         config_lib.load_config("configs/nope.py:toy")
     with pytest.raises(ValueError, match="multiple of optimizer.grad_accum"):
         config_lib.load_config(TINY, ["optimizer.grad_accum=3"])
+
+
+def test_saved_config_gains_new_eval_fields_at_their_defaults():
+    # A t2v run saved before the corrector settings existed: they can still be swept.
+    saved = config_lib.load_config(os.path.join(ROOT, "configs", "t2v.py:toy")).to_dict()
+    del saved["eval"]["resample_steps"], saved["eval"]["resample_ratio"]
+    saved["eval"]["cfg_scale"] = 7.0
+    old = config_lib.from_dict(saved)
+    with pytest.raises(ValueError, match="unknown config key 'eval.resample_steps'"):
+        config_lib.apply_overrides(old, ["eval.resample_steps=4"])
+    new = config_lib.apply_overrides(
+        config_lib.with_new_fields(old, "eval"), ["eval.resample_steps=4"]
+    )
+    assert new.eval.resample_steps == 4 and new.eval.resample_ratio == 0.25
+    assert new.eval.cfg_scale == 7.0  # what the run saved is kept
+    assert "resample_steps" not in old.eval  # the saved config itself is untouched

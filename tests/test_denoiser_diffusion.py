@@ -17,6 +17,7 @@ from motionaura_jax.denoiser.diffusion import (
     mask_schedule,
     masked_cross_entropy,
     sample_time,
+    time_of_mask_ratio,
 )
 from motionaura_jax.denoiser.model import SpectralTransformer
 
@@ -27,6 +28,12 @@ def test_schedules_are_monotone_from_0_to_1(kind):
     g = np.asarray(mask_schedule(t, kind))
     assert g[0] == pytest.approx(0.0, abs=1e-7) and g[-1] == pytest.approx(1.0, abs=1e-6)
     assert np.all(np.diff(g) >= 0)
+
+
+@pytest.mark.parametrize("kind", SCHEDULES)
+def test_time_of_mask_ratio_inverts_the_schedule(kind):
+    t = jnp.linspace(0.0, 1.0, 21)
+    np.testing.assert_allclose(time_of_mask_ratio(mask_schedule(t, kind), kind), t, atol=2e-3)
 
 
 def test_cosine_schedule_is_maskgit_cosine_in_diffusion_time():

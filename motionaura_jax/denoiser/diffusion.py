@@ -46,6 +46,21 @@ def mask_schedule(t: jax.Array, kind: str = "cosine") -> jax.Array:
     raise ValueError(f"mask schedule must be one of {SCHEDULES}, got {kind!r}")
 
 
+def time_of_mask_ratio(ratio: jax.Array, kind: str = "cosine") -> jax.Array:
+    """The inverse of `mask_schedule`: the diffusion time t at which gamma(t) = `ratio`."""
+    ratio = jnp.clip(jnp.asarray(ratio, jnp.float32), 0.0, 1.0)
+    inverses = {
+        "cosine": lambda r: jnp.arcsin(r) * 2.0 / jnp.pi,
+        "linear": lambda r: r,
+        "square": jnp.sqrt,
+        "cubic": jnp.cbrt,
+        "sqrt": lambda r: r**2,
+    }
+    if kind not in inverses:
+        raise ValueError(f"mask schedule must be one of {SCHEDULES}, got {kind!r}")
+    return inverses[kind](ratio)
+
+
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
     """Training-time diffusion settings (field names match `config.diffusion`).

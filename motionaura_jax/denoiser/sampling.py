@@ -8,6 +8,8 @@
   a masked token at time t is revealed at time t' < t with probability
   `(gamma(t) - gamma(t')) / gamma(t)` (the posterior q(z_t' | z_t, z_0) with z_0 drawn
   from the model); revealed tokens never change again.
+* `resample` (ours, `maskgit_sample(resample_steps=...)`): corrector passes after the last
+  MaskGIT step, each redrawing a random fraction of the tokens given all the others.
 
 Both are pure functions of the PRNG key (deterministic given a seed), run their steps in
 `lax.scan` (jit-compatible, steps static), and never change tokens marked as fixed (for
@@ -22,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from motionaura_jax.denoiser.diffusion import mask_schedule
+from motionaura_jax.denoiser.diffusion import mask_schedule, time_of_mask_ratio
 
 # (tokens with the caller's shape, t (B,)) -> (B, L, K) logits over the codes.
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -112,6 +114,8 @@ def maskgit_sample(
     fixed_tokens: jax.Array | None = None,
     fixed_mask: jax.Array | None = None,
     return_history: bool = False,
+    resample_steps: int = 0,
+    resample_ratio: float = 0.25,
 ):
     """MaskGIT confidence re-masking sampler.
 
@@ -125,6 +129,8 @@ def maskgit_sample(
       choice_temperature: initial Gumbel temperature of the confidence; anneals to 0.
       fixed_tokens, fixed_mask: (shape) ints / bools; fixed positions are given and kept.
       return_history: also return (steps, B) counts of tokens still masked after each step.
+      resample_steps, resample_ratio: corrector passes after the last step (see
+        `resample`); 0 passes = plain MaskGIT.
     Returns:
       (shape) int32 tokens in [0, K) (and the history if asked).
     """
@@ -156,8 +162,65 @@ def maskgit_sample(
         return tokens, jnp.sum(tokens == mask_id, axis=1)
 
     tokens, history = jax.lax.scan(step, tokens, jnp.arange(steps))
+    if resample_steps:
+        tokens = resample(
+            jax.random.fold_in(rng, steps),
+            logits_fn,
+            tokens,
+            fixed,
+            shape,
+            mask_id,
+            resample_steps,
+            resample_ratio,
+            schedule,
+            temperature,
+        )
     out = tokens.reshape(shape)
     return (out, history) if return_history else out
+
+
+def resample(
+    rng: jax.Array,
+    logits_fn: LogitsFn,
+    tokens: jax.Array,
+    fixed: jax.Array,
+    shape: tuple[int, ...],
+    mask_id: int,
+    steps: int,
+    ratio: float,
+    schedule: str = "cosine",
+    temperature: float = 1.0,
+) -> jax.Array:
+    """Corrector passes on a finished sample: each re-masks a random `ratio` of the free
+    tokens and redraws them given all the others (a blocked Gibbs sweep of the model's
+    conditionals, as ReMDM's re-masking). A MaskGIT step draws the tokens it reveals
+    independently of each other, so two tokens drawn in one step can disagree (an
+    object's edge drawn twice, two objects bridged); a redraw sees both.
+
+    Args:
+      tokens: (B, L) int32 codes without [MASK]; fixed: (B, L) bool, never redrawn.
+      steps: passes; ratio: fraction of the free tokens each pass redraws, at the
+        diffusion time whose mask ratio it is.
+    Returns:
+      (B, L) int32 tokens.
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"resample_ratio={ratio}; use a fraction in (0, 1]")
+    free = ~fixed
+    count = jnp.floor(ratio * jnp.sum(free, axis=1)).astype(jnp.int32)
+    t = jnp.full((shape[0],), time_of_mask_ratio(ratio, schedule), jnp.float32)
+
+    def step(tokens, r):
+        k_pick, k_sample = jax.random.split(jax.random.fold_in(rng, r))
+        draw = jnp.where(free, jax.random.uniform(k_pick, tokens.shape), jnp.inf)
+        pick = jnp.argsort(jnp.argsort(draw, axis=1), axis=1) < count[:, None]
+        masked = jnp.where(pick, mask_id, tokens)
+        logits = logits_fn(masked.reshape(shape), t).astype(jnp.float32) / temperature
+        drawn = jnp.argmax(logits + _gumbel(k_sample, logits.shape), axis=-1)
+        return jnp.where(pick, drawn, tokens).astype(jnp.int32), None
+
+    tokens, _ = jax.lax.scan(step, tokens, jnp.arange(steps))
+    return tokens
 
 
 def posterior_sample(
@@ -229,6 +292,18 @@ def sample(
         raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {method!r}")
     fn = guided_logits_fn(model.apply, params, text, text_mask, fps, guidance_scale)
     return SAMPLERS[method](rng, fn, token_shape, model.vocab_size, steps, **kwargs)
+
+
+def sampler_kwargs(eval_config: Any, sampler: str, temperature: float) -> dict[str, Any]:
+    """Keyword arguments of `SAMPLERS[sampler]` beyond the steps, from a stage's `eval`
+    config (its choice temperature and corrector passes) and the call's temperature."""
+    kwargs: dict[str, Any] = {"temperature": float(temperature)}
+    if sampler == "maskgit":
+        kwargs["choice_temperature"] = float(eval_config.choice_temperature)
+        # Configs saved before the corrector have no field: no passes.
+        kwargs["resample_steps"] = int(eval_config.get("resample_steps", 0))
+        kwargs["resample_ratio"] = float(eval_config.get("resample_ratio", 0.25))
+    return kwargs
 
 
 def run_settings(

@@ -177,8 +177,7 @@ class Inpainter:
                 cfg_scale=cfg,
                 sampler=sampler,
                 known_outside=bool(self.config.inpaint.known_outside),
-                temperature=temperature,
-                choice_temperature=float(self.config.eval.choice_temperature),
+                sampler_kwargs=sampling.sampler_kwargs(self.config.eval, sampler, temperature),
                 guide_sketch=bool(self.config.eval.get("guide_sketch", False)),
             )
         return self._compiled[key]

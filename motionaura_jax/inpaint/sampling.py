@@ -81,8 +81,7 @@ def make_inpaint_fn(
     cfg_scale: float | None = 3.0,
     sampler: str = "maskgit",
     known_outside: bool = True,
-    temperature: float = 1.0,
-    choice_temperature: float = 4.5,
+    sampler_kwargs: dict[str, Any] | None = None,
     guide_sketch: bool = False,
 ) -> Callable:
     """Jitted `(trainable, base, tokenizer_params, sketch_params, video, masked_video, hole,
@@ -91,13 +90,12 @@ def make_inpaint_fn(
     Shapes: video / masked_video (B, T, H, W, 3) in [-1, 1]; hole (B, n, h, w) bool;
     sketch (B, S, S, 3) at the sketch encoder's size; text_emb (B, L, D), text_mask (B, L);
     fps (B,) -> tokens (B, n, h, w) int32, video_hat (B, T, H, W, 3) float32 in [-1, 1]
-    (not composited). One compile per input shape.
+    (not composited). `sampler_kwargs` go to the sampler (temperatures, corrector passes:
+    `sampling.sampler_kwargs`). One compile per input shape.
     """
     if sampler not in sampling.SAMPLERS:
         raise ValueError(f"sampler={sampler!r}; use one of {list(sampling.SAMPLERS)}")
-    kwargs: dict[str, Any] = {"temperature": float(temperature)}
-    if sampler == "maskgit":
-        kwargs["choice_temperature"] = float(choice_temperature)
+    kwargs = dict(sampler_kwargs or {})
     mask_id = model.base.vocab_size
 
     def run(

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from motionaura_jax import checkpoint as checkpoint_lib
+from motionaura_jax.denoiser import sampling
 from motionaura_jax.denoiser.diffusion import (
     corrupt,
     masked_cross_entropy,
@@ -251,8 +252,7 @@ class _Evaluator:
             cfg_scale=float(ev.cfg_scale) if ev.cfg_scale >= 0 else None,
             sampler=ev.sampler,
             known_outside=bool(config.inpaint.known_outside),
-            temperature=float(ev.temperature),
-            choice_temperature=float(ev.choice_temperature),
+            sampler_kwargs=sampling.sampler_kwargs(ev, ev.sampler, ev.temperature),
             guide_sketch=bool(ev.get("guide_sketch", False)),
         )
         self.roundtrip = jax.jit(lambda p, v: tok.decode(p, tok.encode(p, v)))

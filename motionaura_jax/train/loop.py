@@ -383,6 +383,7 @@ def reevaluate(
             f"({sorted(os.listdir(workdir)) if os.path.isdir(workdir) else 'none'})"
         )
     params, config = checkpoint_lib.load_params(folder, step)
+    config = config_lib.with_new_fields(config, "eval")  # runs saved before a new setting
     config = config_lib.apply_overrides(config, eval_overrides)
     stage = build_stage(config, workdir)
     frozen = nn.meta.unbox(stage.frozen) if stage.frozen is not None else None

@@ -225,13 +225,6 @@ def make_generate_fn(
     return jax.jit(generate)
 
 
-def sampler_kwargs(eval_config: ml_collections.ConfigDict) -> dict:
-    kwargs = {"temperature": float(eval_config.temperature)}
-    if eval_config.sampler == "maskgit":
-        kwargs["choice_temperature"] = float(eval_config.choice_temperature)
-    return kwargs
-
-
 class _Evaluator:
     """Generates one clip per held-out caption and scores it with the oracle."""
 
@@ -271,7 +264,7 @@ class _Evaluator:
             steps=int(ev.steps),
             cfg_scale=float(ev.cfg_scale) if ev.cfg_scale >= 0 else None,
             sampler=ev.sampler,
-            sampler_kwargs=sampler_kwargs(ev),
+            sampler_kwargs=sampling.sampler_kwargs(ev, ev.sampler, ev.temperature),
         )
 
     def _chunks(self):
