@@ -87,6 +87,12 @@ def _gumbel(rng, shape):
     return jax.random.gumbel(rng, shape, jnp.float32)
 
 
+def _lowest(scores: jax.Array, count: jax.Array) -> jax.Array:
+    """(B, L) bool: the `count[b]` positions of row b with the lowest scores."""
+    rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+    return rank < count[:, None]
+
+
 def maskgit_schedule_counts(
     num_unknown: jax.Array, steps: int, schedule: str = "cosine"
 ) -> jax.Array:
@@ -156,8 +162,7 @@ def maskgit_sample(
         hi = jnp.maximum(n_unknown - 1, 0)
         n_mask = jnp.clip(targets[s], jnp.minimum(1, hi), hi)
         n_mask = jnp.where(s == steps - 1, 0, n_mask)
-        rank = jnp.argsort(jnp.argsort(conf, axis=1), axis=1)
-        remask = rank < n_mask[:, None]
+        remask = _lowest(conf, n_mask)
         tokens = jnp.where(remask, mask_id, sampled).astype(jnp.int32)
         return tokens, jnp.sum(tokens == mask_id, axis=1)
 
@@ -213,7 +218,7 @@ def resample(
     def step(tokens, r):
         k_pick, k_sample = jax.random.split(jax.random.fold_in(rng, r))
         draw = jnp.where(free, jax.random.uniform(k_pick, tokens.shape), jnp.inf)
-        pick = jnp.argsort(jnp.argsort(draw, axis=1), axis=1) < count[:, None]
+        pick = _lowest(draw, count)
         masked = jnp.where(pick, mask_id, tokens)
         logits = logits_fn(masked.reshape(shape), t).astype(jnp.float32) / temperature
         drawn = jnp.argmax(logits + _gumbel(k_sample, logits.shape), axis=-1)
