@@ -107,5 +107,11 @@ def test_text_usage_probe_scores_true_and_shuffled_captions(base_run):
 
     result = text_usage_probe.probe(base_run, num_clips=2, steps=2)
     assert 0.0 < result["object_token_fraction"] < 1.0
+    # The hole is drawn as the run's eval draws: its guidance, temperatures and order.
+    ev = pipelines.TextToVideo.from_workdir(base_run).config.eval
+    assert result["sampler"]["steps"] == 2
+    assert result["sampler"]["cfg"] == ev.cfg_scale
+    assert result["sampler"]["temperature"] == ev.temperature
+    assert result["sampler"]["choice_temperature"] == ev.choice_temperature
     for name in ("true", "shuffled"):
         assert 0.0 <= result[name]["caption_color"] <= 1.0

@@ -2,9 +2,9 @@
 
 For held-out clips, the tokens that cover an object (in any frame of their latent frame,
 dilated by one token so that no edge token gives the colour away) are masked; the rest
-of the clip stays as the tokenizer coded it. The denoiser fills the hole with its
-sampler, once with each clip's own caption and once with the caption of the next clip;
-the `shapes` oracle then scores the filled clips against their own captions. A denoiser
+of the clip stays as the tokenizer coded it. The denoiser fills the hole with the run's
+eval sampler, once with each clip's own caption and once with the caption of the next
+clip; the `shapes` oracle then scores the filled clips against their own captions. A denoiser
 that reads its caption scores well above the shuffled run; one that ignores it scores
 the same on both (both then sit near chance, 1/8 for colour).
 
@@ -53,36 +53,52 @@ def object_tokens(masks_bmthw: np.ndarray, grid: tuple[int, int, int], temporal:
 
 
 def probe(
-    workdir: str, num_clips: int = 64, steps: int = 10, cfg_scale: float = 3.0, seed: int = 0
+    workdir: str,
+    num_clips: int = 64,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
+    temperature: float | None = None,
+    seed: int = 0,
 ):
+    """Scores of the filled clips with true and shuffled captions. The hole is drawn with
+    the run's own eval sampler (steps, guidance, sampler, temperatures): an order or a
+    temperature other than the scored one answers another question (session 12: the
+    paper's confidence order at temperature 1 and guidance 1 filled every hole with
+    background, count 0, while the run's random order drew objects)."""
     pipe = pipelines.TextToVideo.from_workdir(workdir)
     config, tokenizer = pipe.config, pipe.tokenizer
+    steps, cfg, sampler, temperature = sampling.run_settings(
+        config.eval, steps=steps, cfg=cfg_scale, temperature=temperature
+    )
+    kwargs = sampling.sampler_kwargs(config.eval, sampler, temperature)
     batch = pipeline.eval_batches(config.data, num_clips, num_clips, split=config.eval.split)[0]
     captions = [str(c) for c in batch["caption"]]
     tokens = np.asarray(jax.jit(tokenizer.encode)(tokenizer.params, batch["video"]))
     hole = object_tokens(batch["masks"], tokens.shape[1:], tokenizer.model.temporal_factor)
-    result = {"num_clips": num_clips, "object_token_fraction": float(hole.mean())}
+    result = {
+        "num_clips": num_clips,
+        "object_token_fraction": float(hole.mean()),
+        "sampler": {"steps": steps, "cfg": cfg, "name": sampler, **kwargs},
+    }
     for name, order in (
         ("true", np.arange(num_clips)),
         ("shuffled", np.roll(np.arange(num_clips), 1)),
     ):
         emb, mask = pipe.text.embed([captions[i] for i in order])
-        logits_fn = sampling.guided_logits_fn(
-            pipe.denoiser.apply,
+        filled = sampling.sample(
+            pipe.denoiser,
             pipe.params,
+            jax.random.PRNGKey(seed),
             jnp.asarray(emb),
+            tokens.shape,
             jnp.asarray(mask),
             jnp.asarray(batch["fps"]),
-            cfg_scale,
-        )
-        filled = sampling.maskgit_sample(
-            jax.random.PRNGKey(seed),
-            logits_fn,
-            tokens.shape,
-            tokenizer.vocab_size,
             steps,
+            cfg,
+            sampler,
             fixed_tokens=jnp.asarray(tokens),
             fixed_mask=jnp.asarray(~hole),
+            **kwargs,
         )
         video = np.asarray(jax.jit(tokenizer.decode)(tokenizer.params, filled))
         result[name] = oracle.score_clips(list(video), captions, config.data)
@@ -93,12 +109,14 @@ def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="run folder with t2v/ and tokenizer/")
     parser.add_argument("--num_clips", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--cfg", type=float, default=3.0)
+    # Unset: the run's eval setting (the sampler its eval.json was scored with).
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--cfg", type=float, default=None, help="< 0: no guidance")
+    parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args(argv)
-    result = probe(args.workdir, args.num_clips, args.steps, args.cfg, args.seed)
+    result = probe(args.workdir, args.num_clips, args.steps, args.cfg, args.temperature, args.seed)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
