@@ -13,6 +13,8 @@ from motionaura_jax.denoiser.model import (
     SpectralTransformer,
     abstract_params,
     count_params,
+    group_patches,
+    ungroup_patches,
     variant,
 )
 from motionaura_jax.parallel import axes
@@ -319,6 +321,39 @@ def test_digit_head_is_the_product_of_per_digit_softmaxes():
     assert params["digit_embed"].shape == (sum(levels) + 1, WIDTH)
     with pytest.raises(ValueError, match="code_levels"):
         _model(code_levels=(4, 4)).init(jax.random.key(0), tokens, t, text)
+
+
+def test_patches_group_grid_neighbours_and_the_head_returns_each_token_its_own_logits():
+    grid, patch = (2, 4, 6), (1, 2, 3)
+    ids = np.arange(np.prod(grid)).reshape(1, -1, 1)
+    grouped = np.asarray(group_patches(jnp.asarray(ids), grid, patch))
+    assert grouped.shape == (1, 2 * 2 * 2, 6)
+    # Patch 1 of frame 0: rows 0-1, columns 3-5 of the 4 x 6 plane, row-major within.
+    np.testing.assert_array_equal(grouped[0, 1], [3, 4, 5, 9, 10, 11])
+    np.testing.assert_array_equal(ungroup_patches(jnp.asarray(grouped), grid, patch), ids)
+
+    tokens, t, text, mask, fps = _inputs()  # grid (2, 2, 3)
+    patch = (2, 2, 1)  # 3 positions of 4 tokens
+    model = _model(patch=patch, pos_emb="rope3d")
+    params = _random_params(model)
+    assert params["patch_embed"]["kernel"].shape == (4 * WIDTH, WIDTH)
+    # A head that ignores x returns its bias: slot s of a position's 4 * K outputs belongs
+    # to the patch's s-th token (frame-major, then row, then column).
+    params["head"]["kernel"] = jnp.zeros_like(params["head"]["kernel"])
+    bias = np.asarray(params["head"]["bias"]).reshape(4, VOCAB)
+    logits = np.asarray(jax.jit(model.apply)({"params": params}, tokens, t, text, mask, fps))
+    assert logits.shape == (B, 12, VOCAB)
+    f, r, c = np.unravel_index(np.arange(12), GRID)
+    np.testing.assert_allclose(logits[1], bias[(f % 2) * 2 + (r % 2)], rtol=1e-6)
+    for bad, match in [
+        (dict(patch=(1, 2, 2)), "divisible"),  # 3 columns
+        (dict(patch=(2, 2, 1), code_levels=(4, 2, 5)), "K-way head"),
+        (dict(patch=(0, 1, 1)), "positive"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _model(**bad).init(jax.random.key(0), tokens, t, text)
+    with pytest.raises(ValueError, match="divisible"):
+        model.clone(pos_emb="rope").init(jax.random.key(0), tokens.reshape(B, -1), t, text)
 
 
 def test_plain_cross_attention_under_spectral_self_attention_masks_text_padding():

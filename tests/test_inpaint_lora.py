@@ -28,8 +28,8 @@ def inputs(seed=0):
 
 
 @functools.cache
-def _build(kind, rank, scan, depth, context):
-    base = SpectralTransformer(**{**KW, "depth": depth}, scan_layers=scan)
+def _build(kind, rank, scan, depth, context, patch):
+    base = SpectralTransformer(**{**KW, "depth": depth}, scan_layers=scan, patch=patch)
     adapted = base.clone(lora_rank=rank, lora_kind=kind, lora_alpha=2.0)
     model = inpaint_model.InpaintDenoiser(adapted, context=context)
     with jax.default_prng_impl("unsafe_rbg"):  # compiles in a fraction of threefry's time
@@ -48,14 +48,14 @@ def _build(kind, rank, scan, depth, context):
     return base, model, trainable, trained
 
 
-def build(kind="adapter", rank=4, scan=True, depth=None, context="concat"):
+def build(kind="adapter", rank=4, scan=True, depth=None, context="concat", patch=(1, 1, 1)):
     """(base, adapted model, trainable params, "trained" base params); fresh copies.
 
     Default depth: 2 blocks scanned (per-layer stacks), 1 block unscanned (`block_0`; more
     blocks only repeat it, at the cost of tracing and compiling each).
     """
     depth = depth or (2 if scan else 1)
-    base, model, trainable, trained = _build(kind, rank, scan, depth, context)
+    base, model, trainable, trained = _build(kind, rank, scan, depth, context, patch)
     copy = lambda tree: jax.tree.map(np.array, tree)  # noqa: E731
     return base, model, copy(trainable), copy(trained)
 
@@ -132,10 +132,12 @@ def test_adapted_model_equals_base_exactly_at_init(kind, scan, eager):
     assert not np.allclose(np.asarray(changed), np.asarray(ref))
 
 
-def test_summed_context_starts_equal_to_base_and_reads_the_masked_video():
+@pytest.mark.parametrize("patch", [(1, 1, 1), (1, 2, 2)])
+def test_summed_context_starts_equal_to_base_and_reads_the_masked_video(patch):
     # context="sum": z_m's embedding is added to z_t's at the same cell; its table starts
     # at zero, so at init the model is the base on z_t with only the sketch tokens appended.
-    base, model, trainable, trained = build(context="sum")
+    # A patched base (model.patch) groups z_t + z_m cells into positions after the sum.
+    base, model, trainable, trained = build(context="sum", patch=patch)
     assert not np.any(trainable["masked_embed"])
     z_t, z_m, feats, t, text, mask, fps, drop = inputs()
 
@@ -160,6 +162,13 @@ def test_summed_context_starts_equal_to_base_and_reads_the_masked_video():
     assert not np.allclose(np.asarray(before), np.asarray(ref))
     assert not np.allclose(np.asarray(after[0]), np.asarray(before[0]))
     np.testing.assert_allclose(np.asarray(after[1]), np.asarray(before[1]), rtol=0, atol=2e-6)
+    if patch != (1, 1, 1):  # appended z_m takes one position per patch, trainably embedded
+        concat = model.clone(context="concat")
+        params = jax.eval_shape(concat.init, jax.random.PRNGKey(0), *inputs())["params"]
+        trainable, _ = inpaint_model.split_trainable(nn.meta.unbox(params))
+        assert "masked_patch_embed" in trainable
+        logits = jax.eval_shape(concat.apply, {"params": params}, *inputs())
+        assert logits.shape == (B, int(np.prod(GRID)), KW["vocab_size"])
 
 
 def test_split_holds_only_adapters_embeddings_and_sketch_mlp():

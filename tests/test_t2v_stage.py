@@ -86,6 +86,19 @@ def test_online_tokens_equal_cached_tokens(base_run):
     np.testing.assert_allclose(float(loss(online)), float(loss(cache.batch(rows))), rtol=2e-3)
 
 
+def test_patched_and_unpatched_denoisers_take_a_loss_in_the_stage(base_run):
+    """The toy's 2 x 2 patches (`model.patch`) and the paper's one token a position."""
+    cache = t2v_data.TokenCache(os.path.join(base_run, "t2v_tokens.npz"))
+    batch = cache.batch([0, 1])
+    for patch, patched in (("(1,2,2)", True), ("(1,1,1)", False)):
+        stage = t2v.build(t2v_config(f"model.patch={patch}", "eval.num_prompts=0"), base_run)
+        params = nn.meta.unbox(stage.init(jax.random.PRNGKey(0), batch))
+        assert ("patch_embed" in params) == patched
+        frozen = nn.meta.unbox(stage.frozen)
+        loss = stage.loss(params, frozen, batch, jax.random.PRNGKey(1), 0)[0]
+        assert np.isfinite(float(loss)), patch
+
+
 def test_missing_tokenizer_is_a_clear_error(tmp_path):
     with pytest.raises(
         FileNotFoundError, match=r"no finished stage-1 tokenizer.*configs/tokenizer"

@@ -147,6 +147,23 @@ def token_positions(grid: tuple[int, ...]) -> jax.Array:
     return jnp.stack([m.reshape(-1) for m in mesh], axis=-1)
 
 
+def group_patches(x: jax.Array, grid: tuple[int, ...], patch: tuple[int, ...]) -> jax.Array:
+    """(B, n*h*w, D) per-token rows in grid order -> (B, patches, prod(patch) * D): each row
+    the concatenation of one (pt, ph, pw) patch's tokens, patches in grid order."""
+    (pt, ph, pw), (n, h, w) = patch, grid
+    b, _, d = x.shape
+    x = x.reshape(b, n // pt, pt, h // ph, ph, w // pw, pw, d)
+    return x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, pt * ph * pw * d)
+
+
+def ungroup_patches(y: jax.Array, grid: tuple[int, ...], patch: tuple[int, ...]) -> jax.Array:
+    """The inverse of `group_patches`: (B, patches, prod(patch) * D) -> (B, n*h*w, D)."""
+    (pt, ph, pw), (n, h, w) = patch, grid
+    b = y.shape[0]
+    y = y.reshape(b, n // pt, h // ph, w // pw, pt, ph, pw, -1)
+    return y.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, n * h * w, -1)
+
+
 class SpectralTransformer(nn.Module):
     """Text-conditioned masked-token denoiser (Fig. 4). Fields map 1:1 onto `config.model`.
 
@@ -182,6 +199,16 @@ class SpectralTransformer(nn.Module):
         cross-entropies, which is the same loss without the (B, L, K) tensor. The head
         costs sum(levels) = 34 outputs instead of 12,800, and codes that share digits
         (similar colours, FSQ's grid) share statistics.
+      patch: (frames, rows, columns) of tokens that share one sequence position (ours,
+        DiT's patch size on the token grid; (1, 1, 1) = one token a position, the paper).
+        Each position embeds the concatenation of its tokens' embeddings (`patch_embed`),
+        and the head predicts every token of the patch from that position's output, so the
+        blocks see prod(patch) times fewer positions. The paper's denoiser reads a 16x
+        tokenizer, one position per 16 x 16 pixels; the CPU toy's tokenizer is 8x
+        (configs/tokenizer.py), and patch (1, 2, 2) restores the paper's 16 x 16 pixels a
+        position at 0.41x the toy's step time (the `patched` t2v variant; DESIGN D6 note
+        for what it does to the scores). Needs (B, n, h, w) tokens, a grid divisible by the
+        patch, and the K-way head (no `code_levels`).
       lora_rank, lora_kind, lora_alpha: D10 adapters (stage 3); rank 0 = none, and then
         the parameter tree is exactly stage 2's.
 
@@ -195,7 +222,7 @@ class SpectralTransformer(nn.Module):
       extra_embeds: (B, S', width) embeddings appended to the token sequence (stage 3:
         masked-video tokens and sketch features, D10); they take part in every block but
         get no logits. RoPE positions continue the sequence (rope3d: as further frames of
-        the same h x w grid).
+        the same h x w grid of positions). They are not patched: one embedding, one position.
       token_offsets: (B, L, width) embeddings added to the token embeddings position by
         position (stage 3's `context="sum"`: the masked video's token at the same cell).
       digit_logits: with `code_levels`, return the (B, L, sum(code_levels)) per-digit
@@ -220,6 +247,7 @@ class SpectralTransformer(nn.Module):
     rope_base: float = 10_000.0
     default_fps: float = 8.0
     code_levels: tuple[int, ...] = ()
+    patch: tuple[int, int, int] = (1, 1, 1)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     logits_dtype: Dtype = jnp.float32
@@ -246,6 +274,20 @@ class SpectralTransformer(nn.Module):
             )
         if tokens.ndim not in (2, 4):
             raise ValueError(f"tokens must be (B, L) or (B, n, h, w), got {tokens.shape}")
+        if self._patched:
+            patch = tuple(self.patch)
+            if len(patch) != 3 or min(patch) < 1:
+                raise ValueError(f"patch must be 3 positive ints (frames, rows, cols), got {patch}")
+            if self.code_levels:
+                raise ValueError(
+                    f"patch={patch} needs the K-way head; set code_levels=() "
+                    "(model.digit_head=False)"
+                )
+            if tokens.ndim != 4 or any(g % p for g, p in zip(tokens.shape[1:], patch)):
+                raise ValueError(
+                    f"patch={patch} needs (B, n, h, w) tokens with n, h, w divisible by it, "
+                    f"got {tokens.shape}; pick a patch that divides the token grid"
+                )
 
     def _text_context(self, text, text_mask, drop_text):
         """Projected text, padding zeroed, then `Re fft2D` once for all blocks (Eq. 4)."""
@@ -283,6 +325,21 @@ class SpectralTransformer(nn.Module):
         return ctx, mask
 
     @property
+    def _patched(self) -> bool:
+        return tuple(self.patch) != (1, 1, 1)
+
+    def _patchify(self, x: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
+        """(B, n*h*w, width) token embeddings -> (B, positions, width), one per patch."""
+        return nn.Dense(
+            self.width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
+            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+            name="patch_embed",
+        )(group_patches(x, grid, self.patch))
+
+    @property
     def _cross_spectral(self) -> str:
         return self.cross_spectral or self.spectral
 
@@ -314,7 +371,7 @@ class SpectralTransformer(nn.Module):
         with `digit_logits` the (B, L, sum(code_levels)) per-digit logits themselves."""
         if not self.code_levels:
             return nn.Dense(
-                self.vocab_size,
+                math.prod(self.patch) * self.vocab_size,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 kernel_init=partitioned(dense_init(0.02), (axes.EMBED, axes.VOCAB)),
@@ -390,15 +447,18 @@ class SpectralTransformer(nn.Module):
         if digit_logits and not self.code_levels:
             raise ValueError("digit_logits=True needs a digit head (code_levels)")
         b = tokens.shape[0]
-        grid = tokens.shape[1:]
+        token_grid = grid = tokens.shape[1:]  # grid: of sequence positions
         tokens = tokens.reshape(b, -1)
-        length = tokens.shape[1]
         if fps is None:
             fps = jnp.full((b,), self.default_fps, jnp.float32)
 
         x = self._embed(tokens)
         if token_offsets is not None:
             x = x + token_offsets.astype(self.dtype)
+        if self._patched:
+            x = self._patchify(x, token_grid)
+            grid = tuple(g // p for g, p in zip(grid, self.patch))
+        positions = x.shape[1]
         if extra_embeds is not None:
             x = jnp.concatenate([x, extra_embeds.astype(self.dtype)], axis=1)
         total = x.shape[1]
@@ -436,10 +496,12 @@ class SpectralTransformer(nn.Module):
             AdaLNModulation(self.width, 2, self.dtype, self.param_dtype, name="final_mod")(cond),
             axis=1,
         )
-        x = x[:, :length]  # extra tokens get no logits: the head never sees them
+        x = x[:, :positions]  # extra tokens get no logits: the head never sees them
         logits = self._head(modulate(LayerNorm()(x), shift, scale), digit_logits)
         if digit_logits:
             return logits
+        if self._patched:
+            logits = ungroup_patches(logits, token_grid, self.patch)
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
         return logits.astype(self.logits_dtype)
 
@@ -452,9 +514,11 @@ def variant(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def abstract_params(
-    model: SpectralTransformer, tokens_shape: tuple[int, ...] = (1, 16), text_len: int = 8
+    model: SpectralTransformer, tokens_shape: tuple[int, ...] | None = None, text_len: int = 8
 ) -> Any:
-    """Parameter ShapeDtypeStructs (boxed with logical names) via `jax.eval_shape`."""
+    """Parameter ShapeDtypeStructs (boxed with logical names) via `jax.eval_shape`; the
+    tokens default to one patch (parameter shapes do not depend on their number)."""
+    tokens_shape = (1, *model.patch) if tokens_shape is None else tokens_shape
     tokens = jax.ShapeDtypeStruct(tokens_shape, jnp.int32)
     b = tokens_shape[0]
     t = jax.ShapeDtypeStruct((b,), jnp.float32)

@@ -13,8 +13,9 @@ as long (L + S' instead of 2L + S'). That table starts at zero, so the adapted m
 still starts exactly equal to the base.
 
 Parameters of `InpaintDenoiser` are `{'base': <SpectralTransformer params incl. LoRA>,
-'masked_embed': (rows, D), 'sketch_mlp': {...}}`. Only the LoRA adapters (every module
-whose name ends in `_lora`), `masked_embed` and `sketch_mlp` are trained:
+'masked_embed': (rows, D), 'sketch_mlp': {...}}` (plus `masked_patch_embed` when a
+patched base, `model.patch`, has z_m appended). Only the LoRA adapters (every module
+whose name ends in `_lora`) and the stage's own layers are trained:
 `split_trainable` / `merge_params` move between the full tree and (trainable, frozen
 base), which is what lets the stage's `init` return the trainable parameters alone (the
 optimizer then holds state for them only) while the base lives in `Stage.frozen`.
@@ -34,10 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from motionaura_jax.denoiser.model import SpectralTransformer, padded_vocab_rows
+from motionaura_jax.denoiser.model import SpectralTransformer, group_patches, padded_vocab_rows
 from motionaura_jax.inpaint.sketch import SketchProjector
 from motionaura_jax.nn import lora as lora_lib
-from motionaura_jax.nn.layers import partitioned
+from motionaura_jax.nn.layers import dense_init, partitioned
 from motionaura_jax.parallel import axes
 
 PyTree = Any
@@ -106,6 +107,17 @@ class InpaintDenoiser(nn.Module):
             base.param_dtype,
         )
         zm = jnp.take(table, z_m.reshape(b, -1), axis=0).astype(base.dtype)
+        if not summed and tuple(base.patch) != (1, 1, 1):
+            # Appended z_m takes the base's positions: one per patch of cells, embedded by
+            # a trainable layer of its own (the base's `patch_embed` reads z_t's table).
+            zm = nn.Dense(
+                base.width,
+                dtype=base.dtype,
+                param_dtype=base.param_dtype,
+                kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
+                bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+                name="masked_patch_embed",
+            )(group_patches(zm, z_m.shape[1:], base.patch))
         sketch = SketchProjector(
             base.width, self.sketch_hidden, base.dtype, base.param_dtype, name="sketch_mlp"
         )(sketch_feats.astype(base.dtype))

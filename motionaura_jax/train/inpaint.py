@@ -142,9 +142,11 @@ def load_parts(config: ml_collections.ConfigDict, workdir: str | None) -> Inpain
     )
 
 
-def example_inputs(parts: InpaintParts, batch: int, grid=(1, 1, 1), text_len: int = 1):
-    """Zero inputs of `InpaintDenoiser` (z_t, z_m, feats, t, text, mask, fps, drop)."""
+def example_inputs(parts: InpaintParts, batch: int, grid=None, text_len: int = 1):
+    """Zero inputs of `InpaintDenoiser` (z_t, z_m, feats, t, text, mask, fps, drop); the
+    token grid defaults to one patch of the base (parameter shapes do not depend on it)."""
     sk = parts.sketch
+    grid = tuple(parts.base_model.patch) if grid is None else grid
     return (
         jnp.zeros((batch, *grid), jnp.int32),
         jnp.zeros((batch, *grid), jnp.int32),
