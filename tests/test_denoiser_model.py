@@ -336,7 +336,7 @@ def test_patches_group_grid_neighbours_and_the_head_returns_each_token_its_own_l
     patch = (2, 2, 1)  # 3 positions of 4 tokens
     model = _model(patch=patch, pos_emb="rope3d")
     params = _random_params(model)
-    assert params["patch_embed"]["kernel"].shape == (4 * WIDTH, WIDTH)
+    assert params["patch_embed"]["proj"]["kernel"].shape == (4 * WIDTH, WIDTH)
     # A head that ignores x returns its bias: slot s of a position's 4 * K outputs belongs
     # to the patch's s-th token (frame-major, then row, then column).
     params["head"]["kernel"] = jnp.zeros_like(params["head"]["kernel"])

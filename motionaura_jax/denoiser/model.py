@@ -164,6 +164,26 @@ def ungroup_patches(y: jax.Array, grid: tuple[int, ...], patch: tuple[int, ...])
     return y.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, n * h * w, -1)
 
 
+class PatchEmbed(nn.Module):
+    """(B, n*h*w, D) token embeddings -> (B, patches, width): `group_patches`, then a Dense."""
+
+    width: int
+    patch: tuple[int, ...]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, grid: tuple[int, ...]) -> jax.Array:
+        return nn.Dense(
+            self.width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
+            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+            name="proj",
+        )(group_patches(x, grid, self.patch))
+
+
 class SpectralTransformer(nn.Module):
     """Text-conditioned masked-token denoiser (Fig. 4). Fields map 1:1 onto `config.model`.
 
@@ -328,17 +348,6 @@ class SpectralTransformer(nn.Module):
     def _patched(self) -> bool:
         return tuple(self.patch) != (1, 1, 1)
 
-    def _patchify(self, x: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
-        """(B, n*h*w, width) token embeddings -> (B, positions, width), one per patch."""
-        return nn.Dense(
-            self.width,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
-            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
-            name="patch_embed",
-        )(group_patches(x, grid, self.patch))
-
     @property
     def _cross_spectral(self) -> str:
         return self.cross_spectral or self.spectral
@@ -456,7 +465,9 @@ class SpectralTransformer(nn.Module):
         if token_offsets is not None:
             x = x + token_offsets.astype(self.dtype)
         if self._patched:
-            x = self._patchify(x, token_grid)
+            x = PatchEmbed(
+                self.width, self.patch, self.dtype, self.param_dtype, name="patch_embed"
+            )(x, token_grid)
             grid = tuple(g // p for g, p in zip(grid, self.patch))
         positions = x.shape[1]
         if extra_embeds is not None:

@@ -35,10 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from motionaura_jax.denoiser.model import SpectralTransformer, group_patches, padded_vocab_rows
+from motionaura_jax.denoiser.model import PatchEmbed, SpectralTransformer, padded_vocab_rows
 from motionaura_jax.inpaint.sketch import SketchProjector
 from motionaura_jax.nn import lora as lora_lib
-from motionaura_jax.nn.layers import dense_init, partitioned
+from motionaura_jax.nn.layers import partitioned
 from motionaura_jax.parallel import axes
 
 PyTree = Any
@@ -110,14 +110,9 @@ class InpaintDenoiser(nn.Module):
         if not summed and tuple(base.patch) != (1, 1, 1):
             # Appended z_m takes the base's positions: one per patch of cells, embedded by
             # a trainable layer of its own (the base's `patch_embed` reads z_t's table).
-            zm = nn.Dense(
-                base.width,
-                dtype=base.dtype,
-                param_dtype=base.param_dtype,
-                kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
-                bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
-                name="masked_patch_embed",
-            )(group_patches(zm, z_m.shape[1:], base.patch))
+            zm = PatchEmbed(
+                base.width, base.patch, base.dtype, base.param_dtype, name="masked_patch_embed"
+            )(zm, z_m.shape[1:])
         sketch = SketchProjector(
             base.width, self.sketch_hidden, base.dtype, base.param_dtype, name="sketch_mlp"
         )(sketch_feats.astype(base.dtype))
