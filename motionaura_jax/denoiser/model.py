@@ -294,7 +294,7 @@ class SpectralTransformer(nn.Module):
             )
         if tokens.ndim not in (2, 4):
             raise ValueError(f"tokens must be (B, L) or (B, n, h, w), got {tokens.shape}")
-        if self._patched:
+        if self.patched:
             patch = tuple(self.patch)
             if len(patch) != 3 or min(patch) < 1:
                 raise ValueError(f"patch must be 3 positive ints (frames, rows, cols), got {patch}")
@@ -345,7 +345,8 @@ class SpectralTransformer(nn.Module):
         return ctx, mask
 
     @property
-    def _patched(self) -> bool:
+    def patched(self) -> bool:
+        """More than one token a sequence position (`patch`)."""
         return tuple(self.patch) != (1, 1, 1)
 
     @property
@@ -464,7 +465,7 @@ class SpectralTransformer(nn.Module):
         x = self._embed(tokens)
         if token_offsets is not None:
             x = x + token_offsets.astype(self.dtype)
-        if self._patched:
+        if self.patched:
             x = PatchEmbed(
                 self.width, self.patch, self.dtype, self.param_dtype, name="patch_embed"
             )(x, token_grid)
@@ -511,7 +512,7 @@ class SpectralTransformer(nn.Module):
         logits = self._head(modulate(LayerNorm()(x), shift, scale), digit_logits)
         if digit_logits:
             return logits
-        if self._patched:
+        if self.patched:
             logits = ungroup_patches(logits, token_grid, self.patch)
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
         return logits.astype(self.logits_dtype)

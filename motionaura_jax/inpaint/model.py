@@ -107,7 +107,7 @@ class InpaintDenoiser(nn.Module):
             base.param_dtype,
         )
         zm = jnp.take(table, z_m.reshape(b, -1), axis=0).astype(base.dtype)
-        if not summed and tuple(base.patch) != (1, 1, 1):
+        if not summed and base.patched:
             # Appended z_m takes the base's positions: one per patch of cells, embedded by
             # a trainable layer of its own (the base's `patch_embed` reads z_t's table).
             zm = PatchEmbed(
