@@ -53,6 +53,7 @@ def _common() -> ml_collections.ConfigDict:
             # How z_m enters the denoiser: "concat" (D10, the paper: appended tokens) or
             # "sum" (ours: added to z_t's embedding at the same cell; half the sequence)
             context="concat",
+            cell_logits=False,  # z_m's token at a cell adds to that cell's logits (ours)
         )
     )
     c.cache = ml_collections.ConfigDict(
@@ -142,6 +143,20 @@ def _toy() -> ml_collections.ConfigDict:
     # dB, 0.67 / 1.36 dB; 5e-3 0.66 / 1.28 dB, 0.69 / 1.17 dB (2e-3 above: 1.54, 1.38).
     # At 5e-3 rank 64 pays for its slower step: 2,900 steps 0.70 / 1.04 dB, 0.67 / 0.98 dB.
     c.lora.rank = 64
+    # Per-cell logits from z_m (`inpaint.cell_logits`, ours: inpaint/model.py CellLogits).
+    # The toy's t2v base puts 2 x 2 cells on one position (configs/t2v.py `model.patch`),
+    # so without them z_m reaches a cell's logits only through the frozen patch embedding
+    # and one output for four cells. Session 14, the session-10 2,400-step tokenizer (26.3
+    # dB, reconstructions read shape 0.64), 2,900 steps, eval seed 0 (shape / colour /
+    # PSNR gap; steps/s on the slow machine type):
+    #   patched base (session 13's 9,000 steps), cell logits: 0.58 / 0.98 / 1.08 dB (seeds
+    #     1, 2: 0.55 / 1.00 / 1.17 dB, 0.61 / 0.98 / 1.14 dB), 5.6 steps/s;
+    #   patched base, without: 0.25 / 0.98 / 3.07 dB (0.34 / 0.98 / 2.99 dB at 24 steps);
+    #   unpatched base (sessions 10-12's 3,000 steps), cell logits: 0.59 / 0.98 / 0.77 dB
+    #     (seed 1: 0.59 / 0.98 / 0.82 dB), 1.6-1.9 steps/s;
+    #   unpatched base, without: 0.52 / 1.00 / 1.01 dB (seed 1: 0.55 / 1.00 / 1.11 dB).
+    # They help either base; the patched one needs them.
+    c.inpaint.cell_logits = True
     # Sketch guidance (`diffusion.sketch_drop=0.5`, `eval.guide_sketch=True`: the
     # unconditional branch drops the sketch too) stays off: on a 2,000-step toy (session 5,
     # 64 clips, concat) it read shape 0.61 / colour 1.00 at guidance 10, against 0.61 / 0.95

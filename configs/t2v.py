@@ -15,7 +15,7 @@ Variants:
   posterior    toy evaluated with the VQ-Diffusion-style posterior sampler
   online       toy tokenising clips inside the step instead of reading the cache
   linear_mask  toy with the linear mask schedule instead of the cosine one
-  patched      toy with 2 x 2 tokens a sequence position and 9,000 steps (`model.patch`)
+  unpatched    toy with one token a sequence position (the paper's) and 3,000 steps
 """
 
 import ml_collections
@@ -38,7 +38,7 @@ VARIANTS = (
     "posterior",
     "online",
     "linear_mask",
-    "patched",
+    "unpatched",
 )
 
 # Table 2 (D7): width, heads, blocks.
@@ -54,8 +54,8 @@ _TOY_ABLATIONS = {
     # Without a cache there are no counts for a vocabulary: predict all K codes.
     "online": {"tokens.source": "online", "tokens.vocabulary": 0},
     "linear_mask": {"diffusion.schedule": "linear"},
-    # 2 x 2 tokens a position, 2.4x faster steps, so 9,000 of them (see `_toy`).
-    "patched": {"model.patch": (1, 2, 2), "train.num_steps": 9000},
+    # One token a position, 2.4x slower steps, so 3,000 of them (see `_toy`).
+    "unpatched": {"model.patch": (1, 1, 1), "train.num_steps": 3000},
 }
 
 
@@ -169,25 +169,24 @@ def _toy() -> ml_collections.ConfigDict:
     # On CPU the 12,800-way head and its softmax cost as much as the blocks: keep the
     # width small and spend the budget on steps.
     c.model = _model(width=128, heads=4, depth=4)
-    # One token a position (`model.patch`), not the `patched` variant's 2 x 2 (ours). The
-    # variant puts one position on 16 x 16 pixels, as the paper's denoiser on its 16x
-    # tokenizer, 48 positions a clip instead of 192; its step took 0.41x the time of this
-    # one (200 steps each, alone, on the slow machine type of session 13: 0.221 s against
-    # 0.532 s). Session 13, the session-10 2,400-step tokenizer (26.3 dB), 64 prompts per
-    # eval seed, colour / motion:
-    #   patched, 9,000 steps (1.25x the wall time of 3,000 here): seeds 0, 1, 2 0.566 /
-    #   0.606, 0.556 / 0.606, 0.586 / 0.606 (mean 0.569 / 0.606); one object 0.93-0.97 /
-    #   0.93-1.00; two objects drawn as two 0.40-0.54 of the time;
-    #   this config, 3,000 steps (sessions 10 and 12, same tokens): mean 0.538 / 0.317; one
-    #   object 0.86 / 0.52 (seed 0); two objects drawn as two 0.06-0.11.
-    # The caption probe (tools/text_usage_probe.py, run settings) gave colour / count 0.535
-    # / 0.703 against 0.545 / 0.453 here. But the inpaint toy on the patched model lost the
-    # sketched shape: shape 0.25 (the tokenizer's own reconstructions read 0.64 on these
-    # tokens) and a PSNR gap of 3.07 dB outside the hole, against 0.63 and 1.8 dB for the
-    # unpatched main job of sessions 10-11 on that machine type (its 6,000-step tokenizer,
-    # so not the same tokens). Our guess, not measured: one position's 128 numbers hold the
-    # outlines of four tokens too coarsely. So the toy, and the inpaint stage on it, stay
-    # unpatched.
+    # 2 x 2 tokens a sequence position (`model.patch`, ours), not the paper's one: one
+    # position on 16 x 16 pixels, as the paper's denoiser on its 16x tokenizer, 48
+    # positions a clip instead of 192. Its step took 0.41x the time of the `unpatched`
+    # variant's (200 steps each, alone, on the slow machine type of session 13: 0.221 s
+    # against 0.532 s), so it trains 9,000 steps against 3,000 (1.25x the wall time).
+    # Session 13, the session-10 2,400-step tokenizer (26.3 dB), 64 prompts per eval
+    # seed, colour / motion:
+    #   this config: seeds 0, 1, 2 0.566 / 0.606, 0.556 / 0.606, 0.586 / 0.606 (mean
+    #   0.569 / 0.606); one object 0.93-0.97 / 0.93-1.00; two objects drawn as two
+    #   0.40-0.54 of the time;
+    #   unpatched (sessions 10 and 12, same tokens): mean 0.538 / 0.317; one object 0.86
+    #   / 0.52 (seed 0); two objects drawn as two 0.06-0.11.
+    # The caption probe (tools/text_usage_probe.py, run settings) gave colour / count
+    # 0.535 / 0.703 against 0.545 / 0.453 unpatched. The inpaint toy on this base needs
+    # its per-cell logits (configs/inpaint.py `cell_logits`): without them it drew the
+    # sketched shape 0.25 of the time. The comments further down, from earlier sessions,
+    # measured the unpatched model at 3,000 steps.
+    c.model.patch = (1, 2, 2)
     # Fourier mixing on the video tokens (Eq. 2) but plain cross-attention on the text
     # (Eq. 4 without the FFT). With Eq. 4's Re fft2D on both sides, a query is a frequency
     # bin of the whole clip and a key a bin of the whole caption, so no token can look up
@@ -229,11 +228,12 @@ def _toy() -> ml_collections.ConfigDict:
         lr=1e-3, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, end_lr_ratio=0.05
     )
     # Batch 8: the 8x toy tokenizer gives 3 x 8 x 8 = 192 tokens a clip, and batch 32 ran
-    # at 0.24 steps/s on the 2-core CPU. 3,000 steps: the 2,048-code vocabulary halved the
-    # step, and longer training is what moved motion (session 4: 0.30 at 1,500 steps,
-    # 0.42 at 4,500 with all 12,800 codes).
+    # at 0.24 steps/s on the 2-core CPU (unpatched). 9,000 steps (3,000 unpatched, see
+    # `model.patch` above): the 2,048-code vocabulary halved the step, and longer training
+    # is what moved motion (session 4: 0.30 at 1,500 steps, 0.42 at 4,500 with all 12,800
+    # codes).
     c.train.update(
-        num_steps=3000, batch_size=8, log_every=50, checkpoint_every=500, max_seconds=840.0
+        num_steps=9000, batch_size=8, log_every=50, checkpoint_every=500, max_seconds=840.0
     )
     # Guidance 3. Guidance multiplies every masked token's odds of an object of the
     # captioned colour, wherever it is; too much fills the clip with the colour (guidance

@@ -171,6 +171,46 @@ def test_summed_context_starts_equal_to_base_and_reads_the_masked_video(patch):
         assert logits.shape == (B, int(np.prod(GRID)), KW["vocab_size"])
 
 
+def test_cell_logits_start_at_zero_and_read_only_their_own_cells_masked_token():
+    # cell_logits: z_m's token at a cell adds to that cell's logits alone (patched bases
+    # predict 2 x 2 cells from one position); its last layer starts at zero.
+    base, model, trainable, trained = build(context="sum", patch=(1, 2, 2))
+    cells = model.clone(cell_logits=True)
+    params = nn.meta.unbox(cells.init(jax.random.PRNGKey(3), *inputs())["params"])
+    extra, _ = inpaint_model.split_trainable(params)
+    assert set(extra) == set(trainable) | {"cell_logits"}
+    assert not np.any(extra["cell_logits"]["fc2"]["kernel"])
+    trainable["cell_logits"] = extra["cell_logits"]
+    z_t, z_m, feats, t, text, mask, fps, drop = inputs()
+
+    @jax.jit
+    def both(trainable, z_m):
+        full = inpaint_model.merge_params(trainable, trained)
+        ours = cells.apply({"params": full}, z_t, z_m, feats, t, text, mask, fps, drop)
+        without = {k: v for k, v in full.items() if k != "cell_logits"}
+        ref = model.apply({"params": without}, z_t, z_m, feats, t, text, mask, fps, drop)
+        return ours, ref
+
+    ours, ref = both(trainable, z_m)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+    rng = np.random.default_rng(6)
+    fc2 = trainable["cell_logits"]["fc2"]
+    fc2["kernel"] = rng.standard_normal(fc2["kernel"].shape).astype(np.float32)
+    before, _ = both(trainable, z_m)
+    other = z_m.copy()
+    other[0, 1, 1, 0] = (other[0, 1, 1, 0] + 1) % 40  # cell 6 of clip 0 (grid order)
+    after, ref = both(trainable, other)
+    changed = np.abs(np.asarray(after) - np.asarray(before)).max(-1) > 1e-6
+    expected = np.zeros_like(changed)
+    expected[0, 6] = True  # masked_embed is still zero: only this cell's offset moves
+    np.testing.assert_array_equal(changed, expected)
+    with pytest.raises(ValueError, match="cell_logits needs the K-way head"):
+        digit = base.clone(vocab_size=64, code_levels=(8, 8), patch=(1, 1, 1), lora_rank=4)
+        inpaint_model.InpaintDenoiser(digit, context="sum", cell_logits=True).init(
+            jax.random.PRNGKey(0), *inputs()
+        )
+
+
 def test_split_holds_only_adapters_embeddings_and_sketch_mlp():
     _, _, trainable, trained = build()
     assert set(trainable) == {"base", "masked_embed", "sketch_mlp"}

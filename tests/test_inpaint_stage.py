@@ -157,13 +157,16 @@ def test_digit_head_base_trains_on_per_digit_logits(base_run, tmp_path):
     base = save_initial_checkpoint(
         t2v_config(
             "model.digit_head=True",
+            "model.patch=(1,1,1)",  # a digit head predicts one token a position
             "tokens.vocabulary=0",  # digits need the full codebook
             f"tokenizer_dir={os.path.join(base_run, 'tokenizer')}",
             f"tokens.cache_path={os.path.join(base_run, 't2v_tokens.npz')}",
         ),
         workdir,
     )
-    stage = inpaint.build(inpaint_config(f"base_dir={base}"), workdir)
+    with pytest.raises(ValueError, match="cell_logits needs the K-way head"):
+        inpaint.build(inpaint_config(f"base_dir={base}"), workdir)  # the toy's default
+    stage = inpaint.build(inpaint_config(f"base_dir={base}", "inpaint.cell_logits=False"), workdir)
     batch = next(stage.data("train", 0))
     batch = {k: batch[k] for k in stage.device_fields}
     key = jax.random.key(0)

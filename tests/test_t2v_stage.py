@@ -87,7 +87,7 @@ def test_online_tokens_equal_cached_tokens(base_run):
 
 
 def test_patched_and_unpatched_denoisers_take_a_loss_in_the_stage(base_run):
-    """The `patched` variant's 2 x 2 tokens a position (`model.patch`) and the paper's one."""
+    """The toy's 2 x 2 tokens a position (`model.patch`) and the paper's one (`unpatched`)."""
     cache = t2v_data.TokenCache(os.path.join(base_run, "t2v_tokens.npz"))
     batch = cache.batch([0, 1])
     for patch, patched in (("(1,2,2)", True), ("(1,1,1)", False)):

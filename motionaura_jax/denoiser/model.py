@@ -301,7 +301,7 @@ class SpectralTransformer(nn.Module):
             if self.code_levels:
                 raise ValueError(
                     f"patch={patch} needs the K-way head; set code_levels=() "
-                    "(model.digit_head=False)"
+                    "(model.digit_head=False) or patch=(1, 1, 1)"
                 )
             if tokens.ndim != 4 or any(g % p for g, p in zip(tokens.shape[1:], patch)):
                 raise ValueError(

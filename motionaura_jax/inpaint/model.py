@@ -14,11 +14,12 @@ still starts exactly equal to the base.
 
 Parameters of `InpaintDenoiser` are `{'base': <SpectralTransformer params incl. LoRA>,
 'masked_embed': (rows, D), 'sketch_mlp': {...}}` (plus `masked_patch_embed` when a
-patched base, `model.patch`, has z_m appended). Only the LoRA adapters (every module
-whose name ends in `_lora`) and the stage's own layers are trained:
-`split_trainable` / `merge_params` move between the full tree and (trainable, frozen
-base), which is what lets the stage's `init` return the trainable parameters alone (the
-optimizer then holds state for them only) while the base lives in `Stage.frozen`.
+patched base, `model.patch`, has z_m appended, and `cell_logits` with that option). Only
+the LoRA adapters (every module whose name ends in `_lora`) and the stage's own layers
+are trained: `split_trainable` / `merge_params` move between the full tree and
+(trainable, frozen base), which is what lets the stage's `init` return the trainable
+parameters alone (the optimizer then holds state for them only) while the base lives in
+`Stage.frozen`.
 
 `down_statistics` + `redraw_downs` implement D10's "W_down drawn from the base layer's
 weight statistics": the (mean, std) of each adapted base kernel (per block), measured on
@@ -64,6 +65,7 @@ class InpaintDenoiser(nn.Module):
       sketch_hidden: hidden width of the sketch MLP (0 = the denoiser's width).
       context: "concat" (D10: z_m's tokens appended to the sequence) or "sum" (added to
         z_t's embedding at the same cell; see the module docstring).
+      cell_logits: add `CellLogits`(z_m) to each cell's logits (ours; see that class).
 
     Call args:
       z_t: (B, n, h, w) int32 in [0, K] (K = [MASK]); z_m: (B, n, h, w) int32 in [0, K).
@@ -79,6 +81,7 @@ class InpaintDenoiser(nn.Module):
     base: SpectralTransformer
     sketch_hidden: int = 0
     context: str = "concat"
+    cell_logits: bool = False
 
     @nn.compact
     def __call__(
@@ -98,6 +101,11 @@ class InpaintDenoiser(nn.Module):
         b = z_t.shape[0]
         if self.context not in CONTEXTS:
             raise ValueError(f"inpaint context={self.context!r}; use one of {CONTEXTS}")
+        if self.cell_logits and base.code_levels:
+            raise ValueError(
+                "inpaint cell_logits needs the K-way head, but the base has a digit head "
+                "(code_levels); set inpaint.cell_logits=False"
+            )
         summed = self.context == "sum"
         init = nn.initializers.zeros if summed else nn.initializers.normal(0.02)
         table = self.param(
@@ -119,7 +127,7 @@ class InpaintDenoiser(nn.Module):
         if drop_sketch is not None:
             sketch = jnp.where(drop_sketch[:, None, None], 0.0, sketch)
         sketch = sketch.astype(base.dtype)
-        return base(
+        logits = base(
             z_t,
             t,
             text,
@@ -130,6 +138,58 @@ class InpaintDenoiser(nn.Module):
             digit_logits=digit_logits,
             token_offsets=zm if summed else None,
         )
+        if not self.cell_logits:
+            return logits
+        offsets = CellLogits(
+            base.vocab_size, base.width, base.dtype, base.param_dtype, name="cell_logits"
+        )(z_m.reshape(b, -1))
+        return (logits + offsets).astype(logits.dtype)
+
+
+class CellLogits(nn.Module):
+    """z_m's token at each cell -> an additive offset to that cell's logits (ours).
+
+    A patched base (`SpectralTransformer.patch`) sees z_m only through its frozen patch
+    embedding, one vector for several cells, and predicts those cells from one output.
+    The masked video's token at a cell holds the hole's outline inside that cell (the mask
+    is the object's dilated silhouette), so this gives each cell its own path from z_m to
+    its logits: a product of the base's experts (colour, motion) and the outline's. It
+    helps an unpatched base too (configs/inpaint.py has the numbers). The last layer
+    starts at zero, so the adapted model still starts equal to the base.
+    """
+
+    vocab_size: int
+    width: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z_m_bl: jax.Array) -> jax.Array:
+        table = self.param(
+            "embed",
+            partitioned(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
+            (padded_vocab_rows(self.vocab_size), self.width),
+            self.param_dtype,
+        )
+        h = jnp.take(table, z_m_bl, axis=0).astype(self.dtype)
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.gelu(
+            nn.Dense(
+                self.width,
+                kernel_init=partitioned(nn.initializers.lecun_normal(), (axes.EMBED, axes.MLP)),
+                bias_init=partitioned(nn.initializers.zeros, (axes.MLP,)),
+                name="fc1",
+                **dense,
+            )(h),
+            approximate=True,
+        )
+        return nn.Dense(
+            self.vocab_size,
+            kernel_init=partitioned(nn.initializers.zeros, (axes.MLP, axes.VOCAB)),
+            bias_init=partitioned(nn.initializers.zeros, (axes.VOCAB,)),
+            name="fc2",
+            **dense,
+        )(h)
 
 
 def _is_box(x: Any) -> bool:

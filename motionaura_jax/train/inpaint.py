@@ -124,10 +124,17 @@ def load_parts(config: ml_collections.ConfigDict, workdir: str | None) -> Inpain
     adapted = base_model.clone(
         lora_rank=int(lora.rank), lora_kind=lora.kind, lora_alpha=float(lora.alpha)
     )
+    cell_logits = bool(config.inpaint.get("cell_logits", False))
+    if cell_logits and base_model.code_levels:
+        raise ValueError(
+            f"inpaint.cell_logits needs the K-way head, but the t2v base in {folder!r} has "
+            "a digit head (model.digit_head=True); set --config.inpaint.cell_logits=False"
+        )
     model = InpaintDenoiser(
         adapted,
         sketch_hidden=int(config.sketch.mlp_hidden),
         context=config.inpaint.get("context", "concat"),
+        cell_logits=cell_logits,
     )
     return InpaintParts(
         model,
@@ -338,7 +345,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
         print(
             f"[inpaint] training {counts['trainable']:,} of {counts['total']:,} parameters "
             f"(adapters {counts['adapters']:,}, masked-video table "
-            f"{counts['masked_embed']:,}, sketch MLP {counts['sketch_mlp']:,}); frozen: "
+            f"{counts['masked_embed']:,}, sketch MLP {counts['sketch_mlp']:,}, cell logits "
+            f"{counts['cell_logits']:,}); frozen: "
             f"denoiser {counts['frozen_denoiser']:,}, tokenizer "
             f"{counts['frozen_tokenizer']:,}, SigLIP {counts['frozen_sketch_tower']:,}",
             flush=True,
@@ -426,7 +434,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
 
 
 def parameter_counts(parts: InpaintParts) -> dict[str, int]:
-    """Trainable (adapters, masked-video table, sketch MLP) vs frozen parameter counts."""
+    """Trainable (adapters, masked-video table, sketch MLP, cell logits) vs frozen counts."""
     trainable, base = split_trainable(nn.meta.unbox(parts.abstract_full()))
     adapters = {k: v for k, v in trainable.items() if k == "base"}
     counts = {
@@ -434,6 +442,7 @@ def parameter_counts(parts: InpaintParts) -> dict[str, int]:
         "adapters": lora_lib.count_params(adapters),
         "masked_embed": lora_lib.count_params(trainable.get("masked_embed", {})),
         "sketch_mlp": lora_lib.count_params(trainable.get("sketch_mlp", {})),
+        "cell_logits": lora_lib.count_params(trainable.get("cell_logits", {})),
         "frozen_denoiser": lora_lib.count_params(base),
         "frozen_sketch_tower": lora_lib.count_params(parts.sketch.params),
         "frozen_tokenizer": lora_lib.count_params(parts.tokenizer.params),
