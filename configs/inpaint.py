@@ -156,8 +156,8 @@ def _toy() -> ml_collections.ConfigDict:
     #     (seed 1: 0.59 / 0.98 / 0.82 dB), 1.6-1.9 steps/s;
     #   unpatched base, without: 0.52 / 1.00 / 1.01 dB (seed 1: 0.55 / 1.00 / 1.11 dB).
     # They help either base; the patched one needs them. On the patched base 5,800 steps
-    # (twice the steps, still about 18 minutes on the slow machine type) gave 0.61 / 0.98 /
-    # 1.16 dB: the shape is near the tokenizer's ceiling, so the toy keeps 2,900.
+    # (about 17 minutes alone on the slow machine type) gave 0.61 / 0.98 / 1.16 dB: the
+    # shape is near the tokenizer's ceiling, so the toy keeps 2,900.
     c.inpaint.cell_logits = True
     # Sketch guidance (`diffusion.sketch_drop=0.5`, `eval.guide_sketch=True`: the
     # unconditional branch drops the sketch too) stays off: on a 2,000-step toy (session 5,
