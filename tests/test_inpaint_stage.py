@@ -65,7 +65,7 @@ def test_stage_checkpoints_trainable_params_and_names_its_base(base_run, inpaint
     assert result["num_clips"] == expected.eval.num_clips
     assert result["psnr_outside_mask"] > 0 and result["reference_psnr_outside_mask"] > 0
     params, config = checkpoint_lib.load_params(os.path.join(inpaint_run, "inpaint"))
-    assert set(params) == {"base", "masked_embed", "sketch_mlp"}
+    assert set(params) == {"base", "masked_embed", "sketch_mlp", "cell_logits"}  # the toy's
     names = [
         jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params["base"])[0]
     ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -64,6 +65,23 @@ def padded_vocab_rows(vocab_size: int) -> int:
     vocab axis divides evenly over any tensor-parallel mesh axis (unused rows are never
     read)."""
     return -(-(vocab_size + 1) // 128) * 128
+
+
+def token_table(
+    module: nn.Module,
+    name: str,
+    vocab_size: int,
+    width: int,
+    param_dtype: Dtype,
+    init: Callable = nn.initializers.normal(0.02),
+) -> jax.Array:
+    """`module`'s (padded_vocab_rows(K), width) embedding table of K codes + [MASK]."""
+    return module.param(
+        name,
+        partitioned(init, (axes.VOCAB, axes.EMBED)),
+        (padded_vocab_rows(vocab_size), width),
+        param_dtype,
+    )
 
 
 class SpectralBlock(nn.Module):
@@ -356,12 +374,7 @@ class SpectralTransformer(nn.Module):
     def _embed(self, tokens: jax.Array) -> jax.Array:
         """(B, L) ids in [0, K] -> (B, L, width) embeddings (see `code_levels`)."""
         if not self.code_levels:
-            embed = self.param(
-                "token_embed",
-                partitioned(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
-                (padded_vocab_rows(self.vocab_size), self.width),
-                self.param_dtype,
-            )
+            embed = token_table(self, "token_embed", self.vocab_size, self.width, self.param_dtype)
             return jnp.take(embed, tokens, axis=0).astype(self.dtype)
         # One table: each digit's rows at its offset, then one [MASK] row.
         offsets = np.cumsum([0, *self.code_levels[:-1]])

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from motionaura_jax.denoiser.model import PatchEmbed, SpectralTransformer, padded_vocab_rows
+from motionaura_jax.denoiser.model import PatchEmbed, SpectralTransformer, token_table
 from motionaura_jax.inpaint.sketch import SketchProjector
 from motionaura_jax.nn import lora as lora_lib
 from motionaura_jax.nn.layers import partitioned
@@ -108,11 +108,8 @@ class InpaintDenoiser(nn.Module):
             )
         summed = self.context == "sum"
         init = nn.initializers.zeros if summed else nn.initializers.normal(0.02)
-        table = self.param(
-            "masked_embed",
-            partitioned(init, (axes.VOCAB, axes.EMBED)),
-            (padded_vocab_rows(base.vocab_size), base.width),
-            base.param_dtype,
+        table = token_table(
+            self, "masked_embed", base.vocab_size, base.width, base.param_dtype, init
         )
         zm = jnp.take(table, z_m.reshape(b, -1), axis=0).astype(base.dtype)
         if not summed and base.patched:
@@ -165,12 +162,7 @@ class CellLogits(nn.Module):
 
     @nn.compact
     def __call__(self, z_m_bl: jax.Array) -> jax.Array:
-        table = self.param(
-            "embed",
-            partitioned(nn.initializers.normal(0.02), (axes.VOCAB, axes.EMBED)),
-            (padded_vocab_rows(self.vocab_size), self.width),
-            self.param_dtype,
-        )
+        table = token_table(self, "embed", self.vocab_size, self.width, self.param_dtype)
         h = jnp.take(table, z_m_bl, axis=0).astype(self.dtype)
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = nn.gelu(
