@@ -199,7 +199,7 @@ def test_cell_logits_start_at_zero_and_read_only_their_own_cells_masked_token():
     before, _ = both(trainable, z_m)
     other = z_m.copy()
     other[0, 1, 1, 0] = (other[0, 1, 1, 0] + 1) % 40  # cell 6 of clip 0 (grid order)
-    after, ref = both(trainable, other)
+    after, _ = both(trainable, other)
     changed = np.abs(np.asarray(after) - np.asarray(before)).max(-1) > 1e-6
     expected = np.zeros_like(changed)
     expected[0, 6] = True  # masked_embed is still zero: only this cell's offset moves

@@ -103,8 +103,8 @@ class InpaintDenoiser(nn.Module):
             raise ValueError(f"inpaint context={self.context!r}; use one of {CONTEXTS}")
         if self.cell_logits and base.code_levels:
             raise ValueError(
-                "inpaint cell_logits needs the K-way head, but the base has a digit head "
-                "(code_levels); set inpaint.cell_logits=False"
+                "inpaint cell_logits needs the K-way head, but the t2v base has a digit head "
+                "(model.digit_head=True); set --config.inpaint.cell_logits=False"
             )
         summed = self.context == "sum"
         init = nn.initializers.zeros if summed else nn.initializers.normal(0.02)

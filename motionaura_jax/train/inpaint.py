@@ -124,17 +124,11 @@ def load_parts(config: ml_collections.ConfigDict, workdir: str | None) -> Inpain
     adapted = base_model.clone(
         lora_rank=int(lora.rank), lora_kind=lora.kind, lora_alpha=float(lora.alpha)
     )
-    cell_logits = bool(config.inpaint.get("cell_logits", False))
-    if cell_logits and base_model.code_levels:
-        raise ValueError(
-            f"inpaint.cell_logits needs the K-way head, but the t2v base in {folder!r} has "
-            "a digit head (model.digit_head=True); set --config.inpaint.cell_logits=False"
-        )
     model = InpaintDenoiser(
         adapted,
         sketch_hidden=int(config.sketch.mlp_hidden),
         context=config.inpaint.get("context", "concat"),
-        cell_logits=cell_logits,
+        cell_logits=bool(config.inpaint.get("cell_logits", False)),
     )
     return InpaintParts(
         model,
