@@ -244,9 +244,9 @@ class SpectralTransformer(nn.Module):
         blocks see prod(patch) times fewer positions. The paper's denoiser reads a 16x
         tokenizer, one position per 16 x 16 pixels; the CPU toy's tokenizer is 8x
         (configs/tokenizer.py), and patch (1, 2, 2) restores the paper's 16 x 16 pixels a
-        position at 0.41x the toy's step time (the `patched` t2v variant; DESIGN D6 note
-        for what it does to the scores). Needs (B, n, h, w) tokens, a grid divisible by the
-        patch, and the K-way head (no `code_levels`).
+        position at 0.41x the step time of one token a position. The t2v toy uses it, its
+        `unpatched` variant the paper's (DESIGN D6 note for the scores). Needs (B, n, h, w)
+        tokens, a grid divisible by the patch, and the K-way head (no `code_levels`).
       lora_rank, lora_kind, lora_alpha: D10 adapters (stage 3); rank 0 = none, and then
         the parameter tree is exactly stage 2's.
 
