@@ -128,6 +128,9 @@ def _toy() -> ml_collections.ConfigDict:
     #   0.2: 0.66 / 1.00 / 1.71 dB (seed 1: 0.63 / 1.00 / 1.75 dB); 0.05: 0.66 / 1.00 / 1.79 dB.
     # Not better: 24 steps in random order as in t2v (0.53 / 0.94 / 2.39 dB) or 20
     # confidence steps (0.61 / 0.98 / 2.12 dB at temperature 1; 0.61 / 1.00 / 1.74 at 0.2).
+    # Session 15, the patched base with cell logits (0.58 / 0.95 / 1.12 dB at 0.2): 20 steps
+    # 0.59 / 0.97 / 1.15 dB, temperature 0.05 0.59 / 0.95 / 1.19 dB, 0.5 0.56 / 0.95 /
+    # 1.30 dB, choice temperature 1 0.61 / 0.94 / 1.22 dB. The sampler does not close the gap.
     c.eval.temperature = 0.2
     # No corrector passes (`eval.resample_steps`, configs/t2v.py). Session 11, that
     # session's main-job model (0.625 / 0.984 / 1.83 dB): 8 passes redrawing 25% of the
@@ -157,7 +160,9 @@ def _toy() -> ml_collections.ConfigDict:
     #   unpatched base, without: 0.52 / 1.00 / 1.01 dB (seed 1: 0.55 / 1.00 / 1.11 dB).
     # They help either base; the patched one needs them. On the patched base 5,800 steps
     # (about 17 minutes alone on the slow machine type) gave 0.61 / 0.98 / 1.16 dB: the
-    # shape is near the tokenizer's ceiling, so the toy keeps 2,900.
+    # shape is near the tokenizer's ceiling, so the toy keeps 2,900. Session 15 folded their
+    # first linear layer into the token table (a lookup then a linear map is another
+    # table): 0.58 / 0.95 / 1.12 dB at seed 0 on the same base and cache.
     c.inpaint.cell_logits = True
     # Sketch guidance (`diffusion.sketch_drop=0.5`, `eval.guide_sketch=True`: the
     # unconditional branch drops the sketch too) stays off: on a 2,000-step toy (session 5,

@@ -179,7 +179,7 @@ def test_cell_logits_start_at_zero_and_read_only_their_own_cells_masked_token():
     params = nn.meta.unbox(cells.init(jax.random.PRNGKey(3), *inputs())["params"])
     extra, _ = inpaint_model.split_trainable(params)
     assert set(extra) == set(trainable) | {"cell_logits"}
-    assert not np.any(extra["cell_logits"]["fc2"]["kernel"])
+    assert not np.any(extra["cell_logits"]["out"]["kernel"])
     trainable["cell_logits"] = extra["cell_logits"]
     z_t, z_m, feats, t, text, mask, fps, drop = inputs()
 
@@ -194,8 +194,8 @@ def test_cell_logits_start_at_zero_and_read_only_their_own_cells_masked_token():
     ours, ref = both(trainable, z_m)
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
     rng = np.random.default_rng(6)
-    fc2 = trainable["cell_logits"]["fc2"]
-    fc2["kernel"] = rng.standard_normal(fc2["kernel"].shape).astype(np.float32)
+    out = trainable["cell_logits"]["out"]
+    out["kernel"] = rng.standard_normal(out["kernel"].shape).astype(np.float32)
     before, _ = both(trainable, z_m)
     other = z_m.copy()
     other[0, 1, 1, 0] = (other[0, 1, 1, 0] + 1) % 40  # cell 6 of clip 0 (grid order)

@@ -162,25 +162,16 @@ class CellLogits(nn.Module):
 
     @nn.compact
     def __call__(self, z_m_bl: jax.Array) -> jax.Array:
+        # Hidden layer = table row: a linear layer after a lookup would be another table.
         table = token_table(self, "embed", self.vocab_size, self.width, self.param_dtype)
-        h = jnp.take(table, z_m_bl, axis=0).astype(self.dtype)
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.gelu(
-            nn.Dense(
-                self.width,
-                kernel_init=partitioned(nn.initializers.lecun_normal(), (axes.EMBED, axes.MLP)),
-                bias_init=partitioned(nn.initializers.zeros, (axes.MLP,)),
-                name="fc1",
-                **dense,
-            )(h),
-            approximate=True,
-        )
+        h = nn.gelu(jnp.take(table, z_m_bl, axis=0).astype(self.dtype), approximate=True)
         return nn.Dense(
             self.vocab_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             kernel_init=partitioned(nn.initializers.zeros, (axes.MLP, axes.VOCAB)),
             bias_init=partitioned(nn.initializers.zeros, (axes.VOCAB,)),
-            name="fc2",
-            **dense,
+            name="out",
         )(h)
 
 
