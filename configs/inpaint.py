@@ -162,7 +162,8 @@ def _toy() -> ml_collections.ConfigDict:
     # (about 17 minutes alone on the slow machine type) gave 0.61 / 0.98 / 1.16 dB: the
     # shape is near the tokenizer's ceiling, so the toy keeps 2,900. Session 15 folded their
     # first linear layer into the token table (a lookup then a linear map is another
-    # table): 0.58 / 0.95 / 1.12 dB at seed 0 on the same base and cache.
+    # table): 0.58 / 0.95 / 1.12 dB, 0.58 / 0.95 / 1.16 dB, 0.58 / 0.97 / 1.31 dB over eval
+    # seeds 0-2 on the same base and cache (one training run each way).
     c.inpaint.cell_logits = True
     # Sketch guidance (`diffusion.sketch_drop=0.5`, `eval.guide_sketch=True`: the
     # unconditional branch drops the sketch too) stays off: on a 2,000-step toy (session 5,
