@@ -169,7 +169,7 @@ class CellLogits(nn.Module):
             self.vocab_size,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=partitioned(nn.initializers.zeros, (axes.MLP, axes.VOCAB)),
+            kernel_init=partitioned(nn.initializers.zeros, (axes.EMBED, axes.VOCAB)),
             bias_init=partitioned(nn.initializers.zeros, (axes.VOCAB,)),
             name="out",
         )(h)
