@@ -174,6 +174,11 @@ def _toy() -> ml_collections.ConfigDict:
     # half on full clips (session 9, scratch prototype, 6,000 steps): 27.94 dB, oracle
     # shape 0.78, against 28.00 dB and 0.75: the crops teach edges, but no more PSNR.
     # A Grain read thread (`data.read_threads=1`) gave no faster steps (11.1 vs 11.3/s).
+    # The step is compute-bound: 9.0 GFLOP (XLA cost analysis, batch 8, fwd + bwd) in about
+    # 0.07 s on the usual machine type, ~130 GFLOP/s, near two cores' float32 peak. So
+    # capacity costs steps one for one: decoder widths (64, 96, 128) made the step 1.87x
+    # slower, one MB block in the decoder's finest or middle stage 1.17x / 1.20x (session 15,
+    # `tools/bench_tokenizer.py` with model overrides, slow machine type).
     # Session 11: a residual refinement of the decoded RGB at full resolution (two per-frame
     # 3 x 3 convolutions, 3 -> 8 -> 3 channels, the second starting at zero) made the step
     # 1.6-1.75x slower (small-channel convolutions at 64 x 64 are slow on XLA CPU) and
