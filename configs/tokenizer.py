@@ -175,7 +175,7 @@ def _toy() -> ml_collections.ConfigDict:
     # shape 0.78, against 28.00 dB and 0.75: the crops teach edges, but no more PSNR.
     # A Grain read thread (`data.read_threads=1`) gave no faster steps (11.1 vs 11.3/s).
     # The step is compute-bound: 9.0 GFLOP (XLA cost analysis, batch 8, fwd + bwd) in about
-    # 0.07 s on the usual machine type, ~130 GFLOP/s, near two cores' float32 peak. So
+    # 0.07 s on the usual machine type (~130 GFLOP/s; 0.30-0.33 s on the slow one). So
     # capacity costs steps one for one: decoder widths (64, 96, 128) made the step 1.87x
     # slower, one MB block in the decoder's finest or middle stage 1.17x / 1.20x (session 15,
     # `tools/bench_tokenizer.py` with model overrides, slow machine type).
