@@ -176,7 +176,7 @@ def _toy() -> ml_collections.ConfigDict:
     # A Grain read thread (`data.read_threads=1`) gave no faster steps (11.1 vs 11.3/s).
     # The step is compute-bound: 9.0 GFLOP (XLA cost analysis, batch 8, fwd + bwd) in about
     # 0.07 s on the usual machine type (~130 GFLOP/s; 0.30-0.33 s on the slow one). So
-    # capacity costs steps one for one: decoder widths (64, 96, 128) made the step 1.87x
+    # capacity costs steps: decoder widths (64, 96, 128) made the step 1.87x
     # slower, one MB block in the decoder's finest or middle stage 1.17x / 1.20x (session 15,
     # `tools/bench_tokenizer.py` with model overrides, slow machine type).
     # Session 11: a residual refinement of the decoded RGB at full resolution (two per-frame
