@@ -164,6 +164,18 @@ def _toy() -> ml_collections.ConfigDict:
     # first linear layer into the token table (a lookup then a linear map is another
     # table): 0.58 / 0.95 / 1.12 dB, 0.58 / 0.95 / 1.16 dB, 0.58 / 0.97 / 1.31 dB over eval
     # seeds 0-2 on the same base and cache (one training run each way).
+    # Session 16: where the gap lies, on that run, eval seed 0 (mean gap 1.12 dB):
+    #   - by clip: median 0.41 dB; the worst tenth are at 3.7-7.5 dB. Those are single
+    #     objects on plain backgrounds whose reconstruction reads 40-45 dB outside the
+    #     hole, where a faint halo of the generated object past the mask costs 4-7 dB
+    #     (`psnr_outside_gap_db_median` reports the median);
+    #   - by place: 74% of the extra squared error lies in the ring of pixels that are
+    #     outside the mask but inside a generated cell (15% of the pixels outside the
+    #     mask), 26% beyond it.
+    # Per-cell logits that also read the denoiser's output at their position (a
+    # zero-initialised projection of the head's input added to the table row, the
+    # interaction the sum of logits lacks) trained worse: loss 4.72 against 4.06 at step
+    # 925, with or without a stop-gradient on that input, and were dropped.
     c.inpaint.cell_logits = True
     # Sketch guidance (`diffusion.sketch_drop=0.5`, `eval.guide_sketch=True`: the
     # unconditional branch drops the sketch too) stays off: on a 2,000-step toy (session 5,

@@ -234,6 +234,13 @@ def _toy() -> ml_collections.ConfigDict:
     # 0.51-0.57 at depth 4: more colour, less motion, no more objects kept apart. Its run
     # took 49 minutes against 33 for a depth-4 run that day (slow machine type, with steal
     # time; depth 8 timed 1.32x depth 4's step over 300 steps). The toy keeps depth 4.
+    # Session 16, same tokens and budget: half the training clips masked on one side of a
+    # random line in the (h, w) plane instead of token by token (the same count, gamma(t);
+    # a scratch change to `diffusion.corrupt`), so that one object is often hidden whole
+    # while the other shows, as when sampling has drawn the first of two. Colour / motion
+    # over eval seeds 0-2: 0.566 / 0.545, 0.566 / 0.515, 0.606 / 0.566 (mean 0.579 /
+    # 0.542), two objects drawn as two 0.29-0.46, against 0.573 / 0.636 and 0.51-0.57:
+    # no better binding, less motion. Not kept.
     c.optimizer.update(
         lr=1e-3, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, end_lr_ratio=0.05
     )

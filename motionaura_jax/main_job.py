@@ -79,7 +79,8 @@ METRIC_NOTES = """\
   `reference_inpaint_shape` / `_color` the same reading of the tokenizer's reconstruction
   in the hole (their ceiling); `psnr_outside_mask` = PSNR outside the hole of the decoded
   clip, `reference_psnr_outside_mask` the same for the tokenizer's reconstruction (the
-  ceiling), `psnr_outside_gap_db` their difference;
+  ceiling), `psnr_outside_gap_db` their difference (`_median`: the median over clips of
+  each clip's gap; a few clips with near-perfect reconstructions carry the mean);
   `inpaint_temporal_color` / `inpaint_temporal_shape` = the fraction of frames in which the
   object tracked in the hole keeps its majority colour / shape (`oracle.temporal_consistency`)."""
 
