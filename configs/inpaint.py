@@ -175,7 +175,8 @@ def _toy() -> ml_collections.ConfigDict:
     # Per-cell logits that also read the denoiser's output at their position (a
     # zero-initialised projection of the head's input added to the table row, the
     # interaction the sum of logits lacks) trained worse: loss 4.72 against 4.06 at step
-    # 925, with or without a stop-gradient on that input, and were dropped.
+    # 925 (4.83 against 4.26 at step 625 with a stop-gradient on that input), and were
+    # dropped.
     c.inpaint.cell_logits = True
     # Sketch guidance (`diffusion.sketch_drop=0.5`, `eval.guide_sketch=True`: the
     # unconditional branch drops the sketch too) stays off: on a 2,000-step toy (session 5,
