@@ -171,11 +171,13 @@ def test_summed_context_starts_equal_to_base_and_reads_the_masked_video(patch):
         assert logits.shape == (B, int(np.prod(GRID)), KW["vocab_size"])
 
 
-def test_cell_logits_start_at_zero_and_read_only_their_own_cells_masked_token():
+@pytest.mark.parametrize("neighbours", [False, True])
+def test_cell_logits_start_at_zero_and_read_their_own_cells_masked_token(neighbours):
     # cell_logits: z_m's token at a cell adds to that cell's logits alone (patched bases
-    # predict 2 x 2 cells from one position); its last layer starts at zero.
+    # predict 2 x 2 cells from one position), or with `cell_neighbours` to the logits of
+    # the cells around it in its frame too; its last layer starts at zero.
     base, model, trainable, trained = build(context="sum", patch=(1, 2, 2))
-    cells = model.clone(cell_logits=True)
+    cells = model.clone(cell_logits=True, cell_neighbours=neighbours)
     params = nn.meta.unbox(cells.init(jax.random.PRNGKey(3), *inputs())["params"])
     extra, _ = inpaint_model.split_trainable(params)
     assert set(extra) == set(trainable) | {"cell_logits"}
@@ -196,13 +198,19 @@ def test_cell_logits_start_at_zero_and_read_only_their_own_cells_masked_token():
     rng = np.random.default_rng(6)
     out = trainable["cell_logits"]["out"]
     out["kernel"] = rng.standard_normal(out["kernel"].shape).astype(np.float32)
+    if neighbours:
+        around = trainable["cell_logits"]["neighbours"]
+        assert not np.any(around["kernel"])  # zero at the start
+        around["kernel"] = rng.standard_normal(around["kernel"].shape).astype(np.float32)
     before, _ = both(trainable, z_m)
     other = z_m.copy()
     other[0, 1, 1, 0] = (other[0, 1, 1, 0] + 1) % 40  # cell 6 of clip 0 (grid order)
     after, _ = both(trainable, other)
     changed = np.abs(np.asarray(after) - np.asarray(before)).max(-1) > 1e-6
     expected = np.zeros_like(changed)
-    expected[0, 6] = True  # masked_embed is still zero: only this cell's offset moves
+    # masked_embed is still zero: only this cell's offset moves, or with its neighbours
+    # every cell of that (2 x 2) frame.
+    expected[0, [4, 5, 6, 7] if neighbours else [6]] = True
     np.testing.assert_array_equal(changed, expected)
     with pytest.raises(ValueError, match="cell_logits needs the K-way head"):
         digit = base.clone(vocab_size=64, code_levels=(8, 8), patch=(1, 1, 1), lora_rank=4)

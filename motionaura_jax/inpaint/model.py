@@ -39,6 +39,7 @@ import numpy as np
 from motionaura_jax.denoiser.model import PatchEmbed, SpectralTransformer, token_table
 from motionaura_jax.inpaint.sketch import SketchProjector
 from motionaura_jax.nn import lora as lora_lib
+from motionaura_jax.nn.conv3d import DepthwiseConv3D
 from motionaura_jax.nn.layers import partitioned
 from motionaura_jax.parallel import axes
 
@@ -66,6 +67,7 @@ class InpaintDenoiser(nn.Module):
       context: "concat" (D10: z_m's tokens appended to the sequence) or "sum" (added to
         z_t's embedding at the same cell; see the module docstring).
       cell_logits: add `CellLogits`(z_m) to each cell's logits (ours; see that class).
+      cell_neighbours: those logits also read z_m's tokens at the 8 cells around.
 
     Call args:
       z_t: (B, n, h, w) int32 in [0, K] (K = [MASK]); z_m: (B, n, h, w) int32 in [0, K).
@@ -82,6 +84,7 @@ class InpaintDenoiser(nn.Module):
     sketch_hidden: int = 0
     context: str = "concat"
     cell_logits: bool = False
+    cell_neighbours: bool = False
 
     @nn.compact
     def __call__(
@@ -138,8 +141,13 @@ class InpaintDenoiser(nn.Module):
         if not self.cell_logits:
             return logits
         offsets = CellLogits(
-            base.vocab_size, base.width, base.dtype, base.param_dtype, name="cell_logits"
-        )(z_m.reshape(b, -1))
+            base.vocab_size,
+            base.width,
+            base.dtype,
+            base.param_dtype,
+            neighbours=self.cell_neighbours,
+            name="cell_logits",
+        )(z_m)
         return (logits + offsets).astype(logits.dtype)
 
 
@@ -151,8 +159,12 @@ class CellLogits(nn.Module):
     The masked video's token at a cell holds the hole's outline inside that cell (the mask
     is the object's dilated silhouette), so this gives each cell its own path from z_m to
     its logits: a product of the base's experts (colour, motion) and the outline's. It
-    helps an unpatched base too (configs/inpaint.py has the numbers). The last layer
-    starts at zero, so the adapted model still starts equal to the base.
+    helps an unpatched base too (configs/inpaint.py has the numbers). With `neighbours`
+    the hidden layer adds a per-frame 3 x 3 depthwise filter of the table rows: the
+    decoder mixes neighbouring cells, so what a cell may hold at the hole's edge depends
+    on the outline next to it (the toy's gap outside the hole fell from 1.1-1.3 dB to
+    0.8-0.9 dB). The last layer (and that filter) start at zero, so the adapted model
+    still starts equal to the base.
     """
 
     vocab_size: int
@@ -160,11 +172,23 @@ class CellLogits(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
+    neighbours: bool = False
+
     @nn.compact
-    def __call__(self, z_m_bl: jax.Array) -> jax.Array:
+    def __call__(self, z_m: jax.Array) -> jax.Array:
         # Hidden layer = table row: a linear layer after a lookup would be another table.
         table = token_table(self, "embed", self.vocab_size, self.width, self.param_dtype)
-        h = nn.gelu(jnp.take(table, z_m_bl, axis=0).astype(self.dtype), approximate=True)
+        h = jnp.take(table, z_m, axis=0).astype(self.dtype)  # (B, n, h, w, width)
+        if self.neighbours:  # plus the rows of the 8 cells around, per frame (zero at first)
+            h = h + DepthwiseConv3D(
+                (1, 3, 3),
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=nn.initializers.zeros,
+                name="neighbours",
+            )(h)
+        h = nn.gelu(h.reshape(h.shape[0], -1, h.shape[-1]), approximate=True)
         return nn.Dense(
             self.vocab_size,
             dtype=self.dtype,

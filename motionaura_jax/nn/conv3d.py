@@ -28,7 +28,7 @@ width, 1x3x3 is purely spatial.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -316,6 +316,9 @@ class DepthwiseConv3D(nn.Module):
     use_bias: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=(0, 1, 2), out_axis=3
+    )
 
     @nn.compact
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
@@ -327,12 +330,7 @@ class DepthwiseConv3D(nn.Module):
         cname = channel_axis(c, axes.CONV_OUT)
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(
-                nn.initializers.variance_scaling(
-                    1.0, "fan_in", "truncated_normal", in_axis=(0, 1, 2), out_axis=3
-                ),
-                TAP_AXES + (cname,),
-            ),
+            nn.with_logical_partitioning(self.kernel_init, TAP_AXES + (cname,)),
             (kt, kh, kw, c),
             self.param_dtype,
         )

@@ -129,6 +129,7 @@ def load_parts(config: ml_collections.ConfigDict, workdir: str | None) -> Inpain
         sketch_hidden=int(config.sketch.mlp_hidden),
         context=config.inpaint.get("context", "concat"),
         cell_logits=bool(config.inpaint.get("cell_logits", False)),
+        cell_neighbours=bool(config.inpaint.get("cell_neighbours", False)),
     )
     return InpaintParts(
         model,
