@@ -217,6 +217,8 @@ def test_cell_logits_start_at_zero_and_read_their_own_cells_masked_token(neighbo
         inpaint_model.InpaintDenoiser(digit, context="sum", cell_logits=True).init(
             jax.random.PRNGKey(0), *inputs()
         )
+    with pytest.raises(ValueError, match="cell_neighbours widens the per-cell logits"):
+        model.clone(cell_neighbours=True).init(jax.random.PRNGKey(0), *inputs())
 
 
 def test_split_holds_only_adapters_embeddings_and_sketch_mlp():

@@ -109,6 +109,11 @@ class InpaintDenoiser(nn.Module):
                 "inpaint cell_logits needs the K-way head, but the t2v base has a digit head "
                 "(model.digit_head=True); set --config.inpaint.cell_logits=False"
             )
+        if self.cell_neighbours and not self.cell_logits:
+            raise ValueError(
+                "inpaint cell_neighbours widens the per-cell logits, which are off; "
+                "set --config.inpaint.cell_logits=True or cell_neighbours=False"
+            )
         summed = self.context == "sum"
         init = nn.initializers.zeros if summed else nn.initializers.normal(0.02)
         table = token_table(
@@ -171,7 +176,6 @@ class CellLogits(nn.Module):
     width: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-
     neighbours: bool = False
 
     @nn.compact
