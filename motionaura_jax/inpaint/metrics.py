@@ -9,10 +9,9 @@
   `reference_psnr_outside_mask` is the same for the tokenizer's own reconstruction
   D(E(V)) of the clip: the best any denoiser can do through this tokenizer. Both are
   means over clips of each clip's PSNR; `psnr_outside_gap_db` is their difference and
-  `psnr_outside_gap_db_median` the median over clips of each clip's gap. The mean is
-  carried by a few clips: a single object on a plain background reconstructs at 40-45 dB
-  outside the hole, so a faint halo of the generated object past the mask costs such a
-  clip 4-7 dB (session 16: mean gap 1.12 dB, median 0.41 dB, on the toy).
+  `psnr_outside_gap_db_median` the median over clips of each clip's gap: clips that the
+  tokenizer reconstructs almost perfectly lose the most dB to a small error, so a few of
+  them carry the mean (DESIGN D10 note; configs/inpaint.py has the numbers).
 * `reference_inpaint_shape` / `_color`: the oracle's reading of that reconstruction
   composited into the hole, the ceiling of `inpaint_shape` / `_color` (a tokenizer that
   rounds crosses into diamonds caps the shape score however good the denoiser is).
