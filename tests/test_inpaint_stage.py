@@ -166,7 +166,10 @@ def test_digit_head_base_trains_on_per_digit_logits(base_run, tmp_path):
     )
     with pytest.raises(ValueError, match="cell_logits needs the K-way head"):
         inpaint.build(inpaint_config(f"base_dir={base}"), workdir)  # the toy's default
-    stage = inpaint.build(inpaint_config(f"base_dir={base}", "inpaint.cell_logits=False"), workdir)
+    per_digit = inpaint_config(
+        f"base_dir={base}", "inpaint.cell_logits=False", "inpaint.cell_neighbours=False"
+    )
+    stage = inpaint.build(per_digit, workdir)
     batch = next(stage.data("train", 0))
     batch = {k: batch[k] for k in stage.device_fields}
     key = jax.random.key(0)

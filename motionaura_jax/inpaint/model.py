@@ -107,7 +107,8 @@ class InpaintDenoiser(nn.Module):
         if self.cell_logits and base.code_levels:
             raise ValueError(
                 "inpaint cell_logits needs the K-way head, but the t2v base has a digit head "
-                "(model.digit_head=True); set --config.inpaint.cell_logits=False"
+                "(model.digit_head=True); set --config.inpaint.cell_logits=False and "
+                "--config.inpaint.cell_neighbours=False"
             )
         if self.cell_neighbours and not self.cell_logits:
             raise ValueError(
