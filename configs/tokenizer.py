@@ -163,6 +163,20 @@ def _toy() -> ml_collections.ConfigDict:
     # 6,000 steps fill the 10-minute budget at ~11 steps/s. The toy is short of training
     # clips, not of capacity (session 7, 256 held-out clips): 3,600 steps gave 26.84 dB and
     # an oracle shape reading of 0.62 on its reconstructions, 7,200 steps 28.16 dB and 0.73.
+    # Narrower widths do not buy more than they cost (session 17, slow machine type, 256
+    # held-out clips). At equal steps (24, 36, 48) trains as (32, 48, 64) does and
+    # (16, 24, 32) about 10% worse (reconstruction MSE 0.0145 / 0.0143 / 0.0158 at step
+    # 1,700), and their steps take 1 : 0.70 : 0.39 of the time (`tools/bench_tokenizer.py`);
+    # in the train loop, which renders the clips in the same thread, 3.3 : 4.8 : 8.1 steps/s.
+    # At equal wall time on short budgets the narrow ones win: 2,400 steps of (32, 48, 64)
+    # 26.26 dB, usage 30.5%, oracle shape 0.56; 3,220 of (24, 36, 48) 26.71 dB, 30.9%,
+    # 0.61; 6,200 of (16, 24, 32) 26.97 dB, 36.8%, 0.64. At the full budget they do not:
+    # 12,000 steps of (16, 24, 32) (an estimated 10 minutes on the usual machine type, where
+    # the rendering, about a third of the narrow step here, does not shrink with the widths)
+    # scored 27.90 dB, usage 42.4%, oracle shape 0.77, against 28.00 dB, 25.5% and 0.75 for
+    # this config's 6,000 steps (session 8, usual machine type). A narrower encoder under a
+    # wider decoder, (24, 32, 48) / (40, 56, 80), 2,180 steps (1.08x the step time), scored
+    # 25.70 dB.
     # More updates on the same clips do not help: batch 4 for 12,000 steps (the
     # same clips) scored 27.55 dB at lr 3.5e-3 and 27.23 dB at 5e-3, against 27.56 dB at
     # batch 8 (all three with the FSQ commitment below at 0.25);
