@@ -79,6 +79,8 @@ def _model(width: int, heads: int, depth: int) -> ml_collections.ConfigDict:
             rope_base=10_000.0,
             default_fps=8.0,
             digit_head=False,  # True: embed and predict FSQ digits, not K codes (ours)
+            # True: each code's quantizer vector joins its embedding and logit (ours)
+            code_features=False,
             patch=(1, 1, 1),  # tokens (frames, rows, cols) a sequence position (ours)
             dtype="float32",
             param_dtype="float32",
@@ -205,6 +207,15 @@ def _toy() -> ml_collections.ConfigDict:
     # divides by that. With pre-norm: gradient norm 3-5, loss 6.6 -> 2.7 in 900 steps.
     # `paper_residual` restores Eq. 3.
     c.model.residual = "prenorm"
+    # No code vectors (`model.code_features`: each code's FSQ digits join its embedding and
+    # logit). Session 18, the session-18 tokenizer and cache, 9,000 steps each: the loss
+    # fell faster (3.81 against 3.97 over steps 7,500-9,000; masked accuracy 0.263 against
+    # 0.251), but the clips were no better: colour / motion over eval seeds 0-2 0.596 /
+    # 0.475, 0.616 / 0.505, 0.636 / 0.535 (mean 0.616 / 0.505) against 0.586 / 0.616,
+    # 0.626 / 0.545, 0.586 / 0.515 (mean 0.599 / 0.559); two objects 0.500 / 0.367 against
+    # 0.433 / 0.400 (means); the binding probe (--hole=second) 0.367 / 0.433 against
+    # 0.367 / 0.517. A better fit of the codes is not what two-object captions lack.
+    c.model.code_features = False
     # Session 6, 3,000 steps on the same tokens, colour / motion against 0.606 / 0.374 here:
     # lr 2e-3 0.556 / 0.242; spectral 'none' 0.606 / 0.323 (the FFT costs nothing); a
     # trainable 2-block text refiner before the cross-attention 0.576 / 0.303. What limits
@@ -249,6 +260,16 @@ def _toy() -> ml_collections.ConfigDict:
     # 0.576 / 0.583), two objects drawn as two 0.34-0.43, against 0.573 / 0.636 and
     # 0.51-0.57. The samples of two-object captions show why: each object comes out in a
     # mix of both captioned colours, token by token, and changes shape from frame to frame.
+    # Session 18 (a new 3,356-step tokenizer, 27.1 dB, from the main job; this config,
+    # 9,000 steps): 0.586 / 0.616 on eval seed 0, two objects 0.414 / 0.486, drawn as two
+    # 0.486. The binding probe (tools/text_usage_probe.py --hole=second: the first of two
+    # objects given, the second masked) drew the second object in its captioned colour
+    # 0.367 of the time (0.100 with shuffled captions) and motion 0.517 (0.350): even with
+    # one object in place the denoiser does not pick the other phrase. Composing guidance
+    # over the caption's phrases (scratch: l_u + s (l_phrase1 - l_u) + s (l_phrase2 - l_u),
+    # as composable diffusion) drew one object: on 60 two-object prompts colour / motion /
+    # count 0.292 / 0.242 / 0.067 at s = 3 and 0.300 / 0.258 / 0.000 at 1.5, against
+    # 0.442 / 0.492 / 0.517 for the whole caption.
     c.optimizer.update(
         lr=1e-3, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, end_lr_ratio=0.05
     )
@@ -306,6 +327,12 @@ def _toy() -> ml_collections.ConfigDict:
     # one object comes out about twice its size and two as one blob, at guidance 1 both
     # come out faint and broken, so the model's own conditionals hold the error and
     # redrawing from them keeps it.
+    # Session 18 (the session-18 model above, eval seed 0, colour / motion, then two
+    # objects' colour / motion / count): this config 0.586 / 0.616, 0.414 / 0.486 / 0.486;
+    # 20 steps 0.626 / 0.626, 0.471 / 0.471 / 0.457; 40 steps 0.626 / 0.566, 0.471 / 0.414
+    # / 0.400; 4 corrector passes 0.636 / 0.616, 0.486 / 0.471 / 0.600; confidence order
+    # (choice temperature 0) 0.596 / 0.566, 0.429 / 0.414 / 0.400; guidance 1 0.545 /
+    # 0.455, 0.400 / 0.386 / 0.400. All within seed noise (about 0.05-0.07) of the default.
     return c
 
 

@@ -378,3 +378,37 @@ def test_plain_cross_attention_under_spectral_self_attention_masks_text_padding(
     )
     with pytest.raises(ValueError, match="cross_spectral must be one of"):
         _model(cross_spectral="imag").init(jax.random.key(0), tokens, t, text)
+
+
+@pytest.mark.parametrize("patch", [(1, 1, 1), (1, 2, 1)])
+def test_code_vectors_add_a_shared_embedding_and_a_dot_product_logit(patch):
+    """`code_vectors`: codes with one vector share the vector terms of their embedding and
+    logits, and a head of the vector term alone scores every code by query . vector."""
+    vectors = np.random.default_rng(3).normal(size=(VOCAB, 3)).astype(np.float32)
+    vectors[1] = vectors[0]  # codes 0 and 1 decode alike
+    tokens, t, text, mask, fps = _inputs()
+    model = _model(code_vectors=vectors, patch=patch)
+    params = _random_params(model)
+    assert params["code_vector_embed"]["kernel"].shape == (3, WIDTH)
+    cells = int(np.prod(patch))
+    assert params["code_vector_head"]["kernel"].shape == (WIDTH, cells * 3)
+    # The K-way table rows of codes 0 and 1 made equal: the two then embed identically,
+    # so swapping one for the other anywhere changes nothing.
+    params["token_embed"] = params["token_embed"].at[1].set(params["token_embed"][0])
+    apply = jax.jit(model.apply)
+    swapped = np.where(tokens == 0, 1, tokens)
+    logits = np.asarray(apply({"params": params}, tokens, t, text, mask, fps))
+    np.testing.assert_allclose(
+        apply({"params": params}, swapped, t, text, mask, fps), logits, rtol=1e-5, atol=1e-5
+    )
+    # Without the table head (zero kernel and bias), codes 0 and 1 get equal logits, and
+    # the logits are exactly the dot products of one query per cell with the vectors.
+    params["head"] = jax.tree.map(jnp.zeros_like, params["head"])
+    logits = np.asarray(apply({"params": params}, tokens, t, text, mask, fps))
+    np.testing.assert_allclose(logits[..., 0], logits[..., 1], rtol=1e-6)
+    rank = np.linalg.matrix_rank(logits.reshape(-1, VOCAB).astype(np.float64), tol=1e-4)
+    assert rank == 3  # every cell's logits lie in the span of the 3 vector columns
+    # Without vectors the parameter tree is the paper's.
+    assert "code_vector_head" not in _random_params(_model(patch=patch))
+    with pytest.raises(ValueError, match=r"code_vectors must be \(40, F\).*code_features"):
+        _model(code_vectors=vectors[:5]).init(jax.random.key(0), tokens, t, text)

@@ -102,6 +102,23 @@ def test_text_usage_probe_masks_object_tokens_per_latent_frame():
     np.testing.assert_array_equal(np.argwhere(hole[0, 2]).max(0), [3, 6])
 
 
+def test_text_usage_probe_second_hole_keeps_the_first_object():
+    from tools import text_usage_probe
+
+    masks = np.zeros((1, 2, 9, 64, 64), np.uint8)
+    masks[0, 0, 0, 0:8, 0:8] = 1  # first object: token (0, 0, 0)
+    masks[0, 1, 0, 8:16, 0:8] = 1  # second: token (0, 1, 0), next to the first
+    hole = text_usage_probe.hole_tokens(masks, (3, 8, 8), 4, "second")
+    # The second's token and its neighbours, less the first object's token.
+    assert hole[0, 0, 1, 0] and hole[0, 0, 2, 1] and not hole[0, 0, 0, 0]
+    assert hole[0, 0, 0, 1]  # a neighbour of both: only background there, so filled
+    assert not hole[0, 1:].any()
+    both = text_usage_probe.hole_tokens(masks, (3, 8, 8), 4, "objects")
+    assert both[0, 0, 0, 0] and (both | hole).sum() == both.sum()
+    with pytest.raises(ValueError, match="hole='first'"):
+        text_usage_probe.hole_tokens(masks, (3, 8, 8), 4, "first")
+
+
 def test_text_usage_probe_scores_true_and_shuffled_captions(base_run):
     from tools import text_usage_probe
 
@@ -115,3 +132,6 @@ def test_text_usage_probe_scores_true_and_shuffled_captions(base_run):
     assert result["sampler"]["choice_temperature"] == ev.choice_temperature
     for name in ("true", "shuffled"):
         assert 0.0 <= result[name]["caption_color"] <= 1.0
+    second = text_usage_probe.probe(base_run, num_clips=8, steps=2, hole="second")
+    assert second["hole"] == "second" and 0 < second["num_clips"] < 8  # two-object clips
+    assert 0.0 <= second["true"]["second_color"] <= 1.0

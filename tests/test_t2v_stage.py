@@ -10,6 +10,7 @@ import pytest
 
 from motionaura_jax import checkpoint as checkpoint_lib
 from motionaura_jax.data import pipeline
+from motionaura_jax.tokenizer.vocabulary import CodeVocabulary
 from motionaura_jax.train import loop, t2v, t2v_data
 from tests.stage_fixtures import t2v_config, t2v_run_config
 
@@ -97,6 +98,35 @@ def test_patched_and_unpatched_denoisers_take_a_loss_in_the_stage(base_run):
         frozen = nn.meta.unbox(stage.frozen)
         loss = stage.loss(params, frozen, batch, jax.random.PRNGKey(1), 0)[0]
         assert np.isfinite(float(loss)), patch
+
+
+def test_code_features_give_the_denoiser_its_vocabularys_code_vectors(base_run):
+    """`model.code_features`: the denoiser gets each id's quantizer vector and takes a
+    loss; a digit head refuses it."""
+    config = t2v_config("model.code_features=True", "eval.num_prompts=0")
+    stage = t2v.build(config, base_run)
+    tokenizer = t2v_data.load_tokenizer(os.path.join(base_run, "tokenizer")).with_vocabulary(
+        CodeVocabulary.load(os.path.join(base_run, "t2v", "vocabulary.npz"))
+    )
+    denoiser = t2v.build_denoiser(config.model, tokenizer, text_dim=32)
+    np.testing.assert_array_equal(denoiser.code_vectors, tokenizer.id_vectors())
+    assert t2v.build_denoiser(t2v_config().model, tokenizer, 32).code_vectors is None
+    cache = t2v_data.TokenCache(os.path.join(base_run, "t2v_tokens.npz"))
+    batch = cache.batch([0, 1])
+    params = nn.meta.unbox(stage.init(jax.random.PRNGKey(0), batch))
+    assert {"code_vector_embed", "code_vector_head"} <= params.keys()
+    loss = stage.loss(params, nn.meta.unbox(stage.frozen), batch, jax.random.PRNGKey(1), 0)[0]
+    assert np.isfinite(float(loss))
+    with pytest.raises(ValueError, match="code_vectors must be.*digit_head=False"):
+        digits = t2v_config(
+            "model.code_features=True",
+            "model.digit_head=True",
+            "model.patch=(1,1,1)",
+            "tokens.vocabulary=0",
+            "eval.num_prompts=0",
+        )
+        stage = t2v.build(digits, base_run)
+        stage.init(jax.random.PRNGKey(0), batch)
 
 
 def test_missing_tokenizer_is_a_clear_error(tmp_path):

@@ -81,6 +81,13 @@ def test_tokenizer_in_a_vocabulary_encodes_ids_and_decodes_their_codes(base_run)
         tokenizer.decode(tokenizer.params, vocab.codes[np.asarray(ids)]),
         atol=1e-6,
     )
+    # Each id's quantizer vector (`model.code_features`) is its code's FSQ digits scaled
+    # to [-1, 1) by the level's half width, digit 0 varying fastest.
+    levels = np.asarray(tokenizer.config.model.quantizer.levels)
+    digits = (vocab.codes[:, None] // np.cumprod([1, *levels[:-1]])) % levels
+    half = levels // 2
+    np.testing.assert_allclose(restricted.id_vectors(), (digits - half) / half, atol=1e-6)
+    assert tokenizer.id_vectors().shape == (tokenizer.vocab_size, len(levels))
     other = vocabulary_lib.CodeVocabulary(vocab.codes, vocab.lookup, 1.0, "another tokenizer")
     with pytest.raises(ValueError, match="point tokenizer_dir at the original"):
         tokenizer.with_vocabulary(other)

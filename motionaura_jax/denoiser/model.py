@@ -249,6 +249,13 @@ class SpectralTransformer(nn.Module):
         tokens, a grid divisible by the patch, and the K-way head (no `code_levels`).
       lora_rank, lora_kind, lora_alpha: D10 adapters (stage 3); rank 0 = none, and then
         the parameter tree is exactly stage 2's.
+      code_vectors: None, or a (K, F) array: each code's vector in the tokenizer's
+        quantizer (FSQ: its F scaled digits; ours, `model.code_features`). With it a code's
+        embedding is its table row plus a linear map of its vector, and its logit in every
+        cell gains a dot product of that vector with a query from the cell's output. The
+        K-way table and head keep every code free; the vector terms let codes that decode
+        alike (an object's colour) share what is learnt about any of them, which a table
+        row of a rarely seen code cannot (DESIGN D6 note). Needs the K-way head.
 
     Call args:
       tokens: (B, n, h, w) or (B, L) int32 in [0, K].
@@ -292,6 +299,7 @@ class SpectralTransformer(nn.Module):
     lora_rank: int = 0
     lora_kind: str = "adapter"
     lora_alpha: float = 1.0
+    code_vectors: Any = None
 
     def _check(self, tokens: jax.Array) -> None:
         for name, value, allowed in [
@@ -312,6 +320,14 @@ class SpectralTransformer(nn.Module):
             )
         if tokens.ndim not in (2, 4):
             raise ValueError(f"tokens must be (B, L) or (B, n, h, w), got {tokens.shape}")
+        if self.code_vectors is not None:
+            shape = np.shape(self.code_vectors)
+            if self.code_levels or len(shape) != 2 or shape[0] != self.vocab_size:
+                raise ValueError(
+                    f"code_vectors must be ({self.vocab_size}, F) for the K-way head, got "
+                    f"{shape} with code_levels {tuple(self.code_levels)}; set "
+                    "model.code_features=False or model.digit_head=False"
+                )
         if self.patched:
             patch = tuple(self.patch)
             if len(patch) != 3 or min(patch) < 1:
@@ -375,7 +391,10 @@ class SpectralTransformer(nn.Module):
         """(B, L) ids in [0, K] -> (B, L, width) embeddings (see `code_levels`)."""
         if not self.code_levels:
             embed = token_table(self, "token_embed", self.vocab_size, self.width, self.param_dtype)
-            return jnp.take(embed, tokens, axis=0).astype(self.dtype)
+            x = jnp.take(embed, tokens, axis=0).astype(self.dtype)
+            if self.code_vectors is not None:
+                x = x + self._code_vector_embed(tokens)
+            return x
         # One table: each digit's rows at its offset, then one [MASK] row.
         offsets = np.cumsum([0, *self.code_levels[:-1]])
         embed = self.param(
@@ -393,7 +412,7 @@ class SpectralTransformer(nn.Module):
         """(B, L, width) -> (B, L, K) logits (log-probabilities with `code_levels`), or
         with `digit_logits` the (B, L, sum(code_levels)) per-digit logits themselves."""
         if not self.code_levels:
-            return nn.Dense(
+            logits = nn.Dense(
                 math.prod(self.patch) * self.vocab_size,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
@@ -401,6 +420,9 @@ class SpectralTransformer(nn.Module):
                 bias_init=partitioned(nn.initializers.zeros, (axes.VOCAB,)),
                 name="head",
             )(x)
+            if self.code_vectors is not None:
+                logits = logits + self._code_vector_logits(x)
+            return logits
         levels = tuple(self.code_levels)
         logits = nn.Dense(
             sum(levels),
@@ -422,6 +444,40 @@ class SpectralTransformer(nn.Module):
             shape[n - 1 - i] = levels[i]
             log_probs = log_probs + jax.nn.log_softmax(part, -1).reshape(lead + tuple(shape))
         return log_probs.reshape(lead + (self.vocab_size,))
+
+    def _vectors(self) -> jax.Array:
+        """(K + 1, F) float32 code vectors, [MASK] last as zeros."""
+        vectors = jnp.asarray(self.code_vectors, jnp.float32)
+        return jnp.concatenate([vectors, jnp.zeros((1, vectors.shape[1]), jnp.float32)])
+
+    def _code_vector_embed(self, tokens: jax.Array) -> jax.Array:
+        """(B, L) ids -> (B, L, width): a linear map of each code's vector ([MASK]: 0)."""
+        return nn.Dense(
+            self.width,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(), (None, axes.EMBED)),
+            name="code_vector_embed",
+        )(jnp.take(self._vectors(), tokens, axis=0))
+
+    def _code_vector_logits(self, x: jax.Array) -> jax.Array:
+        """(B, P, width) -> (B, P, cells * K): in each of a position's cells, a query in
+        the code-vector space dotted with every code's vector (cells in `group_patches`
+        order, as the K-way head's outputs)."""
+        vectors = self._vectors()[: self.vocab_size]
+        cells, dim = math.prod(self.patch), vectors.shape[1]
+        query = nn.Dense(
+            cells * dim,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=partitioned(dense_init(0.02), (axes.EMBED, None)),
+            name="code_vector_head",
+        )(x)
+        query = query.reshape(*x.shape[:-1], cells, dim)
+        logits = jnp.einsum("...cf,kf->...ck", query, vectors.astype(query.dtype))
+        return logits.reshape(*x.shape[:-1], cells * self.vocab_size)
 
     def _blocks(self):
         block = SpectralBlock

@@ -110,7 +110,7 @@ def with_vocabulary(
     elif cache is not None:
         counts = np.bincount(cache.arrays["tokens"].ravel(), minlength=tokenizer.vocab_size)
         vocabulary = vocabulary_lib.most_used(
-            counts, tokenizer.code_vectors(), size, tokenizer.fingerprint
+            counts, tokenizer.decoder_inputs(), size, tokenizer.fingerprint
         )
         if jax.process_index() == 0:
             os.makedirs(stage_folder, exist_ok=True)
@@ -144,7 +144,8 @@ def build_denoiser(
 ) -> SpectralTransformer:
     """The `SpectralTransformer` of `config.model` for `tokenizer`'s codes. vocab_size /
     text_dim 0 = take the tokenizer's codebook size / the text encoder's width;
-    `digit_head` = factorise the codes over the tokenizer's FSQ levels (`code_levels`)."""
+    `digit_head` = factorise the codes over the tokenizer's FSQ levels (`code_levels`);
+    `code_features` = give the denoiser every id's quantizer vector (`code_vectors`)."""
     fields = dict(model_config)
     for name, actual, source in (
         ("vocab_size", tokenizer.vocab_size, "tokenizer vocabulary"),
@@ -169,6 +170,8 @@ def build_denoiser(
                 f"{tokenizer.config.model.quantizer.name!r}; set --config.model.digit_head=False"
             )
         fields["code_levels"] = tokenizer.code_levels
+    if fields.pop("code_features", False):
+        fields["code_vectors"] = tokenizer.id_vectors()
     for name in ("dtype", "param_dtype", "logits_dtype"):
         if name in fields:
             if fields[name] not in _DTYPES:

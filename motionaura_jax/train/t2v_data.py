@@ -115,12 +115,23 @@ class FrozenTokenizer:
             return self.vocabulary.to_ids(codes)
         return codes.astype(jnp.int32)
 
-    def code_vectors(self) -> np.ndarray:
+    def decoder_inputs(self) -> np.ndarray:
         """(K, d) the decoder's input for every code."""
-        indices = jnp.arange(self.model.codebook_size, dtype=jnp.int32)
-        embed = lambda m, x: m.quantizer.embed(x)  # noqa: E731
-        vectors = jax.jit(lambda p, i: self.model.apply({"params": p}, i, method=embed))
-        return np.asarray(vectors(self.params, indices), np.float32)
+        return self._per_code(lambda q, i: q.embed(i), np.arange(self.model.codebook_size))
+
+    def id_vectors(self) -> np.ndarray:
+        """(ids, F) each token id's code as its quantizer writes it (`indices_to_codes`:
+        FSQ's scaled digits, LFQ's bits, VQ's codebook rows): the denoiser's
+        `code_vectors` (`model.code_features`)."""
+        vocabulary = self.vocabulary
+        codes = np.arange(self.model.codebook_size) if vocabulary is None else vocabulary.codes
+        return self._per_code(lambda q, i: q.indices_to_codes(i), codes)
+
+    def _per_code(self, fn, codes: np.ndarray) -> np.ndarray:
+        """`fn(quantizer, codes)` under this tokenizer's params, as float32 NumPy."""
+        method = lambda m, i: fn(m.quantizer, i)  # noqa: E731
+        run = jax.jit(lambda p, i: self.model.apply({"params": p}, i, method=method))
+        return np.asarray(run(self.params, jnp.asarray(codes, jnp.int32)), np.float32)
 
     def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(n, h, w) of the tokens of a (frames, height, width) clip."""
