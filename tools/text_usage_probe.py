@@ -136,10 +136,10 @@ def probe(
             **kwargs,
         )
         video = np.asarray(jax.jit(tokenizer.decode)(tokenizer.params, filled))
-        result[name] = oracle.score_clips(list(video), captions, config.data)
+        tally = oracle.CaptionTally(config.data)
+        scored = [tally.add(v, c) for v, c in zip(video, captions, strict=True)]
+        result[name] = tally.scores()
         if hole == "second":  # the filled object alone (caption order = mask order)
-            vocab = {k: tuple(config.data[k]) for k in ("colors", "shapes", "motions")}
-            scored = [oracle.score_caption(v, c, **vocab) for v, c in zip(video, captions)]
             second = [s["objects"][1] for s in scored]
             for key in ("color", "shape", "motion"):
                 result[name][f"second_{key}"] = float(np.mean([o[key] for o in second]))

@@ -449,12 +449,13 @@ class CaptionTally:
         # The same readings split by how many objects the caption names (`scores(by_count)`).
         self.by_count: dict[int, CaptionTally] = {}
 
-    def add(self, video: np.ndarray, caption: str) -> None:
-        """One clip (T, H, W, 3) in [-1, 1] and its caption."""
+    def add(self, video: np.ndarray, caption: str) -> dict[str, Any]:
+        """One clip (T, H, W, 3) in [-1, 1] and its caption; returns its `score_caption`."""
         result = score_caption(np.asarray(video, np.float32), caption, **self.vocab)
         self._tally(result)
         n = len(result["objects"])
         self.by_count.setdefault(n, CaptionTally(self.data_config))._tally(result)
+        return result
 
     def _tally(self, result: dict[str, Any]) -> None:
         for obj in result["objects"]:

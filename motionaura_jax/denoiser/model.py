@@ -445,13 +445,10 @@ class SpectralTransformer(nn.Module):
             log_probs = log_probs + jax.nn.log_softmax(part, -1).reshape(lead + tuple(shape))
         return log_probs.reshape(lead + (self.vocab_size,))
 
-    def _vectors(self) -> jax.Array:
-        """(K + 1, F) float32 code vectors, [MASK] last as zeros."""
-        vectors = jnp.asarray(self.code_vectors, jnp.float32)
-        return jnp.concatenate([vectors, jnp.zeros((1, vectors.shape[1]), jnp.float32)])
-
     def _code_vector_embed(self, tokens: jax.Array) -> jax.Array:
         """(B, L) ids -> (B, L, width): a linear map of each code's vector ([MASK]: 0)."""
+        vectors = jnp.asarray(self.code_vectors, jnp.float32)
+        vectors = jnp.concatenate([vectors, jnp.zeros((1, vectors.shape[1]), jnp.float32)])
         return nn.Dense(
             self.width,
             use_bias=False,
@@ -459,13 +456,13 @@ class SpectralTransformer(nn.Module):
             param_dtype=self.param_dtype,
             kernel_init=partitioned(dense_init(), (None, axes.EMBED)),
             name="code_vector_embed",
-        )(jnp.take(self._vectors(), tokens, axis=0))
+        )(jnp.take(vectors, tokens, axis=0))
 
     def _code_vector_logits(self, x: jax.Array) -> jax.Array:
         """(B, P, width) -> (B, P, cells * K): in each of a position's cells, a query in
         the code-vector space dotted with every code's vector (cells in `group_patches`
         order, as the K-way head's outputs)."""
-        vectors = self._vectors()[: self.vocab_size]
+        vectors = jnp.asarray(self.code_vectors, jnp.float32)
         cells, dim = math.prod(self.patch), vectors.shape[1]
         query = nn.Dense(
             cells * dim,
