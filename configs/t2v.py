@@ -81,6 +81,7 @@ def _model(width: int, heads: int, depth: int) -> ml_collections.ConfigDict:
             digit_head=False,  # True: embed and predict FSQ digits, not K codes (ours)
             # True: each code's quantizer vector joins its embedding and logit (ours)
             code_features=False,
+            text_tokens=False,  # True: the caption's tokens join the sequence (ours)
             patch=(1, 1, 1),  # tokens (frames, rows, cols) a sequence position (ours)
             dtype="float32",
             param_dtype="float32",
@@ -216,6 +217,29 @@ def _toy() -> ml_collections.ConfigDict:
     # 0.433 / 0.400 (means); the binding probe (--hole=second) 0.367 / 0.433 against
     # 0.367 / 0.517. A better fit of the codes is not what two-object captions lack.
     c.model.code_features = False
+    # The caption's tokens join the sequence (`model.text_tokens`, ours: joint attention
+    # as MM-DiT). Session 19, one tokenizer (1,854 steps, 25.2 dB) and token cache, 9,000
+    # steps each, one training seed per arm; colour / motion / object count over eval
+    # seeds 0-2:
+    #   text_tokens: 0.707 / 0.646 / 0.781, 0.646 / 0.646 / 0.797, 0.697 / 0.707 / 0.844
+    #   (mean 0.684 / 0.667 / 0.807; two objects 0.562 / 0.533, drawn as two 0.648);
+    #   without: 0.626 / 0.576 / 0.766, 0.626 / 0.606 / 0.734, 0.616 / 0.606 / 0.750
+    #   (mean 0.623 / 0.596 / 0.750; two objects 0.486 / 0.476, as two 0.600).
+    # The binding probe (tools/text_usage_probe.py --hole=second, 60 clips) says why: with
+    # the first of two objects given, the denoiser without them drew the hole in the
+    # given object's colour 0.48-0.50 of the time and in the remaining phrase's 0.25-0.30,
+    # flat over steps 3,000, 6,000 and 9,000 (second-object colour 0.300, 0.350, 0.317);
+    # with them, the remaining phrase's 0.517 and the given object's 0.317 (motion 0.600
+    # against 0.483). Its cross-attention's text keys are the same whatever the clip
+    # shows; a caption token in the sequence is updated by the video tokens, so "red" can
+    # carry "already drawn". It costs steps: 72 positions instead of 48. Trained side by
+    # side, the two runs made 2.58 and 2.99 steps/s (1.16x the step time); the train-step
+    # benchmark at 48 unpatched positions (tools/bench_denoiser.py --text-tokens, shape in
+    # its docstring, run beside a training job) gave 266 against 184 ms (1.45x; the toy's
+    # 4-token cells make its head larger). On a slow machine `train.max_seconds` (840 s,
+    # the issue's 15 minutes) then stops it sooner: session 18's machine (about half the
+    # usual speed) reached 7,200 steps in 840 s without them, so about 6,200 with them.
+    c.model.text_tokens = True
     # Session 6, 3,000 steps on the same tokens, colour / motion against 0.606 / 0.374 here:
     # lr 2e-3 0.556 / 0.242; spectral 'none' 0.606 / 0.323 (the FFT costs nothing); a
     # trainable 2-block text refiner before the cross-attention 0.576 / 0.303. What limits

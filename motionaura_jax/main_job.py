@@ -15,8 +15,9 @@ Skipping: when `loop.train` returns, the job writes `<workdir>/<stage>/main_job.
 when that record holds the same config and `eval.json` the same step: the stage either
 finished (`eval.json` says `finished: true`) or spent its `train.max_seconds` budget
 (then raise `<stage>.train.max_seconds` or `num_steps` to train on; a changed config
-resumes from the checkpoint). Retraining an earlier stage does not retrain later ones:
-for a changed tokenizer use a new workdir.
+resumes from the checkpoint). A field the record lacks (added by a code upgrade since)
+counts as unchanged where the run leaves it off (see `_same_config`). Retraining an
+earlier stage does not retrain later ones: for a changed tokenizer use a new workdir.
 
 Overall ETA: each progress line ends in `| overall 12m03s left` = the running stage's
 ETA (the loop's: the sooner of its step rate and its budget) + the `train.max_seconds`
@@ -132,7 +133,7 @@ def skip_reason(job: Job) -> str | None:
     """Why `job` needs no training (see the module docstring), or None."""
     result = _read_json(os.path.join(job.folder, "eval.json"))
     record = _read_json(os.path.join(job.folder, RECORD))
-    if not result or not record or record.get("config") != _config_record(job.config):
+    if not result or not record or not _same_config(record.get("config"), job.config):
         return None
     step = result.get("step")
     if record.get("step") != step:  # trained on since, e.g. with launch/train.py
@@ -149,6 +150,34 @@ def skip_reason(job: Job) -> str | None:
         f"stopped at step {step} of {train.num_steps} ({why}) with the same config; pass "
         f"--set={job.config.stage}.train.max_seconds=<more> to train on"
     )
+
+
+def _same_config(recorded: dict | None, config: ml_collections.ConfigDict) -> bool:
+    """Whether `config` trains as the config `recorded` for the stage's last training did.
+
+    A field the record lacks (added by a code upgrade since) counts as unchanged where
+    `config` leaves it off (False, 0, '' or None): options are added off, which keeps the
+    old behaviour, and without this every new option would retrain every stage. One that
+    the config turns on (the t2v toy's `model.text_tokens` since session 19) changes what
+    the stage trains, so it trains again.
+    """
+    if not recorded:
+        return False
+    old, new = _flat_fields(recorded), _flat_fields(_config_record(config))
+    if old.keys() - new.keys():
+        return False
+    return all(old[k] == v if k in old else not v for k, v in new.items())
+
+
+def _flat_fields(tree: dict, prefix: str = "") -> dict:
+    """`{'a': {'b': 1}}` -> `{'a.b': 1}`."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat_fields(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def overall_eta(later_budgets: Sequence[float]) -> Callable[[float], str]:

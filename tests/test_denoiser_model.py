@@ -380,6 +380,31 @@ def test_plain_cross_attention_under_spectral_self_attention_masks_text_padding(
         _model(cross_spectral="imag").init(jax.random.key(0), tokens, t, text)
 
 
+def test_text_tokens_join_the_sequence_without_padding_and_follow_text_dropout():
+    tokens, t, text, mask, fps = _inputs()
+    model = _model(text_tokens=True, cross_spectral="none")
+    params = _random_params(model)
+    apply = jax.jit(model.apply)
+    out = apply({"params": params}, tokens, t, text, mask, fps)
+    assert out.shape == (B, 12, VOCAB) and np.isfinite(out).all()
+    padded = np.where(mask[..., None], text, 5.0)  # only padding rows change
+    np.testing.assert_allclose(
+        apply({"params": params}, tokens, t, padded, mask, fps), out, atol=1e-5
+    )
+    # The same weights without the text rows in the sequence: another model.
+    plain = {k: v for k, v in params.items() if k != "text_tokens"}
+    without = jax.jit(model.clone(text_tokens=False).apply)(
+        {"params": plain}, tokens, t, text, mask, fps
+    )
+    assert not np.allclose(without, out, atol=1e-3)
+    # A dropped caption reaches neither the cross-attention nor the sequence.
+    drop = np.array([True, False])
+    a = apply({"params": params}, tokens, t, text, mask, fps, drop_text=drop)
+    b = apply({"params": params}, tokens, t, text + 1.0, mask, fps, drop_text=drop)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+    assert not np.allclose(a[1], b[1], atol=1e-3)
+
+
 @pytest.mark.parametrize("patch", [(1, 1, 1), (1, 2, 1)])
 def test_code_vectors_add_a_shared_embedding_and_a_dot_product_logit(patch):
     """`code_vectors`: codes with one vector share the vector terms of their embedding and

@@ -4,6 +4,7 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from launch import generate
 from motionaura_jax import pipelines
@@ -135,3 +136,22 @@ def test_text_usage_probe_scores_true_and_shuffled_captions(base_run):
     second = text_usage_probe.probe(base_run, num_clips=8, steps=2, hole="second")
     assert second["hole"] == "second" and 0 < second["num_clips"] < 8  # two-object clips
     assert 0.0 <= second["true"]["second_color"] <= 1.0
+    assert sum(second["true"]["second_drawn"].values()) == pytest.approx(1.0)
+
+
+def test_text_usage_probe_reads_whose_colour_fills_the_hole():
+    from motionaura_jax.data import config as data_config
+    from motionaura_jax.data import oracle, shapes
+    from tools import text_usage_probe
+
+    source = shapes.ShapesSource(data_config.shapes_config())
+    clip = next(c for c in map(source.__getitem__, range(50)) if c["num_objects"] == 2)
+    vocab = oracle.CaptionTally(data_config.shapes_config()).vocab
+    video, hole = clip["video"], clip["masks"][1]
+    assert text_usage_probe.hole_color(video, hole, clip["caption"], vocab) == "second"
+    swapped = " and ".join(reversed(clip["caption"].split(" and ")))
+    assert text_usage_probe.hole_color(video, hole, swapped, vocab) == "first"
+    # The object painted over with its rows' background (with its anti-aliased rim).
+    rim = ndimage.binary_dilation(hole > 0, np.ones((1, 5, 5), bool))[..., None]
+    empty = np.where(rim, video[:, :, :1], video)
+    assert text_usage_probe.hole_color(empty, hole, clip["caption"], vocab) == "none"

@@ -107,6 +107,19 @@ def test_changed_config_is_not_skipped(tmp_path):
         json.dump(dict(stage="tokenizer", step=5, finished=False), f)
     assert "budget ran out" in main_job.skip_reason(job)
 
+    # A record from before a code upgrade added a field: unchanged while the run leaves
+    # the field off, changed when the run turns it on.
+    del record["config"]["masking"]["frame"]
+    with open(os.path.join(job.folder, main_job.RECORD), "w") as f:
+        json.dump(record, f)
+    assert not job.config.masking.frame and "budget ran out" in main_job.skip_reason(job)
+    (turned_on,) = main_job.stage_jobs(
+        str(tmp_path),
+        ["tokenizer"],
+        ["tokenizer.train.num_steps=5", "tokenizer.masking.frame=True"],
+    )
+    assert main_job.skip_reason(turned_on) is None
+
 
 def test_overall_eta_adds_later_budgets():
     assert main_job.overall_eta([600.0, 840.0])(63.0) == " | overall 25m03s left"

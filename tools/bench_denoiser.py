@@ -12,6 +12,10 @@ Measures, in one invocation (so that machine load affects all numbers alike):
   achieves (FLOPs from `compiled.cost_analysis()`);
 * sampling throughput (clips/s): MaskGIT sampler, 10 steps, CFG (doubled batch).
 
+With `--text-tokens`, also spectral 'real' with the caption's tokens in the sequence
+(`model.text_tokens`); e.g. at the t2v toy's shape: `--skip-peer --text-tokens --batch 8
+--seq 48 --dim 128 --depth 4 --heads 4 --vocab 2048 --text-len 24 --text-dim 128`.
+
 Rounds alternate peer and ours; medians are reported. Prints one JSON object (and writes
 it to --out). Uses the default XLA flags (one CPU device): run as
 `XLA_FLAGS= python tools/bench_denoiser.py --out bench.json`.
@@ -72,8 +76,9 @@ def analytic_train_flops(args) -> float:
     return 3.0 * fwd
 
 
-def build_step(args, spectral: str):
+def build_step(args, spectral: str, text_tokens: bool = False):
     model = SpectralTransformer(
+        text_tokens=text_tokens,
         vocab_size=args.vocab,
         width=args.dim,
         num_heads=args.heads,
@@ -190,6 +195,11 @@ def main() -> None:
         ap.add_argument("--" + name, type=int, default=default)
     ap.add_argument("--scan", type=int, default=0)
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument(
+        "--text-tokens",
+        action="store_true",
+        help="also time spectral 'real' with the caption in the sequence (model.text_tokens)",
+    )
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
@@ -199,7 +209,10 @@ def main() -> None:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "shape": vars(args).copy(),
     }
-    steps = {s: build_step(args, s) for s in ("none", "real")}
+    variants = {"none": ("none", False), "real": ("real", False)}
+    if args.text_tokens:
+        variants["real_text_tokens"] = ("real", True)
+    steps = {name: build_step(args, *v) for name, v in variants.items()}
     dense_all = []
     result["params"] = count_params(steps["none"][0])
     ours = {s: [] for s in steps}

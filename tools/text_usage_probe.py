@@ -9,7 +9,7 @@ that reads its caption scores well above the shuffled run; one that ignores it s
 the same on both (both then sit near chance, 1/8 for colour).
 
   python tools/text_usage_probe.py --workdir=DIR          # DIR/t2v and DIR/tokenizer
-  python tools/text_usage_probe.py --workdir=DIR --hole=second --num_clips=128
+  python tools/text_usage_probe.py --workdir=DIR --hole=second --num_clips=128 --step=6000
 
 Prints (and with --out writes) JSON: the object-token fraction and the caption scores
 with the true and with the shuffled captions. Free generation (the t2v eval) needs more
@@ -21,6 +21,11 @@ the filled object alone. Session 18, the default patched toy (main-job model, 60
 second-object colour 0.367 (shuffled captions 0.100), motion 0.517 (0.350), while its
 free one-object captions score colour 1.0. Told where the other object is and what it
 looks like, the denoiser still does not pick the other captioned colour.
+`second_drawn` says what it drew instead: the fractions of clips whose hole holds an
+object of the second phrase's colour, of the first (the given object's, copied), of
+another colour, or none. Session 19, the same toy: 'first' 0.48-0.50 at steps 3,000,
+6,000 and 9,000 ('second' 0.25-0.30); with the caption's tokens in the sequence
+(`model.text_tokens`) 'second' 0.517, 'first' 0.317.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import jax.numpy as jnp  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from motionaura_jax import pipelines  # noqa: E402
-from motionaura_jax.data import oracle, pipeline  # noqa: E402
+from motionaura_jax.data import oracle, pipeline, shapes  # noqa: E402
 from motionaura_jax.denoiser import sampling  # noqa: E402
 
 
@@ -88,14 +93,16 @@ def probe(
     temperature: float | None = None,
     seed: int = 0,
     hole: str = "objects",
+    step: int | None = None,
 ):
     """Scores of the filled clips with true and shuffled captions. The hole is drawn with
     the run's own eval sampler (steps, guidance, sampler, temperatures): an order or a
     temperature other than the scored one answers another question. Session 12, one toy
     model, guidance 1 and temperature 1 both times: the paper's confidence order (10
     steps) filled every hole with background (right object count 0.00), the toy's
-    near-random order (24 steps) drew objects (0.31)."""
-    pipe = pipelines.TextToVideo.from_workdir(workdir)
+    near-random order (24 steps) drew objects (0.31). `step`: the t2v checkpoint (None:
+    the latest)."""
+    pipe = pipelines.TextToVideo.from_workdir(workdir, step=step)
     config, tokenizer = pipe.config, pipe.tokenizer
     steps, cfg, sampler, temperature = sampling.run_settings(
         config.eval, steps=steps, cfg=cfg_scale, temperature=temperature
@@ -143,7 +150,25 @@ def probe(
             second = [s["objects"][1] for s in scored]
             for key in ("color", "shape", "motion"):
                 result[name][f"second_{key}"] = float(np.mean([o[key] for o in second]))
+            drawn = [
+                hole_color(v, m[1], c, tally.vocab)
+                for v, m, c in zip(video, batch["masks"], captions, strict=True)
+            ]
+            result[name]["second_drawn"] = {
+                k: drawn.count(k) / num_clips for k in ("second", "first", "other", "none")
+            }
     return result
+
+
+def hole_color(video: np.ndarray, mask_thw: np.ndarray, caption: str, vocab: dict) -> str:
+    """Whose colour the object drawn where the second object was has: the 'second'
+    phrase's (right), the 'first' phrase's (the given object's colour copied: no
+    exclusion), an 'other' colour, or 'none' (no object there)."""
+    tracks = oracle.analyze_clip(video, region=mask_thw > 0, **vocab)
+    if not tracks:
+        return "none"
+    first, second = (obj["color"] for obj in shapes.parse_caption(caption)[:2])
+    return {second: "second", first: "first"}.get(tracks[0].color, "other")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -161,10 +186,18 @@ def main(argv: Sequence[str]) -> None:
         choices=("objects", "second"),
         help="objects: fill every object; second: fill the second of two, the first given",
     )
+    parser.add_argument("--step", type=int, default=None, help="t2v checkpoint; unset: latest")
     parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args(argv)
     result = probe(
-        args.workdir, args.num_clips, args.steps, args.cfg, args.temperature, args.seed, args.hole
+        args.workdir,
+        args.num_clips,
+        args.steps,
+        args.cfg,
+        args.temperature,
+        args.seed,
+        args.hole,
+        args.step,
     )
     text = json.dumps(result, indent=2)
     print(text)

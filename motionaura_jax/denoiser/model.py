@@ -256,6 +256,12 @@ class SpectralTransformer(nn.Module):
         K-way table and head keep every code free; the vector terms let codes that decode
         alike (an object's colour) share what is learnt about any of them, which a table
         row of a rarely seen code cannot (DESIGN D6 note). Needs the K-way head.
+      text_tokens: also append the caption's tokens (their own projection, padding rows
+        zeroed) to the sequence (ours, joint attention as SD3's MM-DiT and DiT's in-context
+        conditioning): every block's self-attention then updates them from the video
+        tokens, so a word can carry whether the clip already shows it, which the
+        cross-attention's fixed text keys cannot. They get no logits; RoPE positions
+        continue after the video and `extra_embeds` tokens. The cross-attention stays.
 
     Call args:
       tokens: (B, n, h, w) or (B, L) int32 in [0, K].
@@ -300,6 +306,7 @@ class SpectralTransformer(nn.Module):
     lora_kind: str = "adapter"
     lora_alpha: float = 1.0
     code_vectors: Any = None
+    text_tokens: bool = False
 
     def _check(self, tokens: jax.Array) -> None:
         for name, value, allowed in [
@@ -343,8 +350,8 @@ class SpectralTransformer(nn.Module):
                     f"got {tokens.shape}; pick a patch that divides the token grid"
                 )
 
-    def _text_context(self, text, text_mask, drop_text):
-        """Projected text, padding zeroed, then `Re fft2D` once for all blocks (Eq. 4)."""
+    def _conditioning_text(self, text, text_mask, drop_text):
+        """(text, valid): the text with dropped rows swapped for the CFG null condition."""
         b, s, _ = text.shape
         valid = jnp.ones((b, s), bool) if text_mask is None else text_mask.astype(bool)
         # CFG null condition: one learned null token in slot 0, the rest padding. Declared
@@ -361,18 +368,25 @@ class SpectralTransformer(nn.Module):
             drop = drop_text.astype(bool)[:, None]
             text = jnp.where(drop[..., None], null_text, text)
             valid = jnp.where(drop, null_valid, valid)
-        ctx = nn.Dense(
+        return text, valid
+
+    def _text_rows(self, text, valid, name: str) -> jax.Array:
+        """(B, S, width) projection of the text, padding rows zeroed."""
+        rows = nn.Dense(
             self.width,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=partitioned(dense_init(), (axes.MLP, axes.EMBED)),
             bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
-            name="text_proj",
+            name=name,
         )(text.astype(self.dtype))
+        rows = jnp.where(valid[..., None], rows, 0).astype(self.dtype)
+        return nn.with_logical_constraint(rows, (axes.BATCH, axes.LENGTH, axes.EMBED))
+
+    def _text_context(self, text, valid):
+        """Projected text, padding zeroed, then `Re fft2D` once for all blocks (Eq. 4)."""
         # Padding rows are zeroed so that they cannot leak into the frequency bins.
-        ctx = jnp.where(valid[..., None], ctx, 0).astype(self.dtype)
-        ctx = nn.with_logical_constraint(ctx, (axes.BATCH, axes.LENGTH, axes.EMBED))
-        ctx = spectral_mix(ctx, self._cross_spectral)
+        ctx = spectral_mix(self._text_rows(text, valid, "text_proj"), self._cross_spectral)
         # After the FFT every frequency bin mixes all valid tokens, so the padding mask only
         # applies to keys in the spatial ('none') mode.
         mask = valid if self._cross_spectral == "none" else None
@@ -537,8 +551,11 @@ class SpectralTransformer(nn.Module):
             )(x, token_grid)
             grid = tuple(g // p for g, p in zip(grid, self.patch))
         positions = x.shape[1]
+        text, valid = self._conditioning_text(text, text_mask, drop_text)
         if extra_embeds is not None:
             x = jnp.concatenate([x, extra_embeds.astype(self.dtype)], axis=1)
+        if self.text_tokens:
+            x = jnp.concatenate([x, self._text_rows(text, valid, "text_tokens")], axis=1)
         total = x.shape[1]
         rope = None
         if self.pos_emb == "sinusoidal":
@@ -565,7 +582,7 @@ class SpectralTransformer(nn.Module):
         mods = AdaLNModulation(
             self.width, NUM_MODS[self.residual], self.dtype, self.param_dtype, name="block_mod"
         )(cond)
-        context, context_mask = self._text_context(text, text_mask, drop_text)
+        context, context_mask = self._text_context(text, valid)
 
         for blocks in self._blocks():
             x, _ = blocks(x, mods, context, context_mask, rope)
