@@ -380,10 +380,11 @@ def test_plain_cross_attention_under_spectral_self_attention_masks_text_padding(
         _model(cross_spectral="imag").init(jax.random.key(0), tokens, t, text)
 
 
-def test_text_tokens_join_the_sequence_without_padding_and_follow_text_dropout():
+def _check_text_option(model, params, extra_params):
+    """What a caption option must keep: padding rows and a dropped caption reach nothing,
+    and the option changes the output (against the same weights without `extra_params`).
+    Returns the inputs, the jitted apply and the output without the option."""
     tokens, t, text, mask, fps = _inputs()
-    model = _model(text_tokens=True, cross_spectral="none")
-    params = _random_params(model)
     apply = jax.jit(model.apply)
     out = apply({"params": params}, tokens, t, text, mask, fps)
     assert out.shape == (B, 12, VOCAB) and np.isfinite(out).all()
@@ -391,18 +392,32 @@ def test_text_tokens_join_the_sequence_without_padding_and_follow_text_dropout()
     np.testing.assert_allclose(
         apply({"params": params}, tokens, t, padded, mask, fps), out, atol=1e-5
     )
-    # The same weights without the text rows in the sequence: another model.
-    plain = {k: v for k, v in params.items() if k != "text_tokens"}
-    without = jax.jit(model.clone(text_tokens=False).apply)(
+    plain = {k: v for k, v in params.items() if k not in extra_params}
+    without = jax.jit(model.clone(text_tokens=False, text_pool=False).apply)(
         {"params": plain}, tokens, t, text, mask, fps
     )
     assert not np.allclose(without, out, atol=1e-3)
-    # A dropped caption reaches neither the cross-attention nor the sequence.
+    # A dropped caption reaches the model only as the null text.
     drop = np.array([True, False])
     a = apply({"params": params}, tokens, t, text, mask, fps, drop_text=drop)
     b = apply({"params": params}, tokens, t, text + 1.0, mask, fps, drop_text=drop)
     np.testing.assert_allclose(a[0], b[0], atol=1e-6)
     assert not np.allclose(a[1], b[1], atol=1e-3)
+    return (tokens, t, text, mask, fps), apply, without
+
+
+def test_text_tokens_join_the_sequence_without_padding_and_follow_text_dropout():
+    model = _model(text_tokens=True, cross_spectral="none")
+    _check_text_option(model, _random_params(model), ("text_tokens",))
+
+
+def test_pooled_text_adds_to_the_condition_without_padding_and_follows_text_dropout():
+    model = _model(text_pool=True, cross_spectral="none")
+    params = _random_params(model)
+    inputs, apply, without = _check_text_option(model, params, ("pool_in", "pool_out"))
+    # With its output layer at zero the pooled term adds nothing: the model without it.
+    zeroed = dict(params, pool_out=jax.tree.map(jnp.zeros_like, params["pool_out"]))
+    np.testing.assert_allclose(apply({"params": zeroed}, *inputs), without, atol=1e-6)
 
 
 @pytest.mark.parametrize("patch", [(1, 1, 1), (1, 2, 1)])

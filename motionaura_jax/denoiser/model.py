@@ -20,6 +20,7 @@ The model knows no mesh: it names logical axes only (DESIGN.md section 5).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -262,6 +263,9 @@ class SpectralTransformer(nn.Module):
         tokens, so a word can carry whether the clip already shows it, which the
         cross-attention's fixed text keys cannot. They get no logits; RoPE positions
         continue after the video and `extra_embeds` tokens. The cross-attention stays.
+      text_pool: also add an MLP of the mean of the caption's valid rows to the timestep
+        + FPS conditioning (ours, SD3's pooled text vector), so that every AdaLN
+        modulation sees the whole caption (how many objects, which colours).
 
     Call args:
       tokens: (B, n, h, w) or (B, L) int32 in [0, K].
@@ -307,6 +311,7 @@ class SpectralTransformer(nn.Module):
     lora_alpha: float = 1.0
     code_vectors: Any = None
     text_tokens: bool = False
+    text_pool: bool = False
 
     def _check(self, tokens: jax.Array) -> None:
         for name, value, allowed in [
@@ -382,6 +387,24 @@ class SpectralTransformer(nn.Module):
         )(text.astype(self.dtype))
         rows = jnp.where(valid[..., None], rows, 0).astype(self.dtype)
         return nn.with_logical_constraint(rows, (axes.BATCH, axes.LENGTH, axes.EMBED))
+
+    def _pooled_text(self, text, valid):
+        """(B, width): a two-layer SiLU MLP of the mean of the valid text rows."""
+        weights = valid.astype(jnp.float32)[..., None]
+        mean = (text.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+        dense = functools.partial(
+            nn.Dense,
+            self.width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+        )
+        x = dense(kernel_init=partitioned(dense_init(0.02), (None, axes.EMBED)), name="pool_in")(
+            mean.astype(self.dtype)
+        )
+        return dense(
+            kernel_init=partitioned(dense_init(0.02), (axes.MLP, axes.EMBED)), name="pool_out"
+        )(nn.silu(x))
 
     def _text_context(self, text, valid):
         """Projected text, padding zeroed, then `Re fft2D` once for all blocks (Eq. 4)."""
@@ -579,6 +602,8 @@ class SpectralTransformer(nn.Module):
             param_dtype=self.param_dtype,
             name="cond",
         )(t, fps)
+        if self.text_pool:
+            cond = cond + self._pooled_text(text, valid)
         mods = AdaLNModulation(
             self.width, NUM_MODS[self.residual], self.dtype, self.param_dtype, name="block_mod"
         )(cond)
