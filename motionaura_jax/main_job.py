@@ -16,8 +16,11 @@ when that record holds the same config and `eval.json` the same step: the stage 
 finished (`eval.json` says `finished: true`) or spent its `train.max_seconds` budget
 (then raise `<stage>.train.max_seconds` or `num_steps` to train on; a changed config
 resumes from the checkpoint). A field the record lacks (added by a code upgrade since)
-counts as unchanged where the run leaves it off (see `_same_config`). Retraining an
-earlier stage does not retrain later ones: for a changed tokenizer use a new workdir.
+counts as unchanged where the run leaves it off (see `_same_config`). A stage whose
+config changed logs the changed fields (`config_changes`) and resumes from its
+checkpoint; when the change alters the model's shape, the checkpoint cannot fit and the
+job exits naming them. Retraining an earlier stage does not retrain later ones: for a
+changed tokenizer use a new workdir.
 
 Overall ETA: each progress line ends in `| overall 12m03s left` = the running stage's
 ETA (the loop's: the sooner of its step rate and its budget) + the `train.max_seconds`
@@ -161,12 +164,20 @@ def _same_config(recorded: dict | None, config: ml_collections.ConfigDict) -> bo
     the config turns on (the t2v toy's `model.text_tokens` since session 19) changes what
     the stage trains, so it trains again.
     """
-    if not recorded:
-        return False
+    return bool(recorded) and not config_changes(recorded, config)
+
+
+def config_changes(recorded: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """`['model.text_pool: (absent) -> True', ...]`: the fields in which `config` trains
+    otherwise than the `recorded` one (a field the record lacks only when it is on)."""
     old, new = _flat_fields(recorded), _flat_fields(_config_record(config))
-    if old.keys() - new.keys():
-        return False
-    return all(old[k] == v if k in old else not v for k, v in new.items())
+    changes = [f"{k}: {old[k]!r} -> (absent)" for k in sorted(old.keys() - new.keys())]
+    for key, value in sorted(new.items()):
+        if key in old and old[key] != value:
+            changes.append(f"{key}: {old[key]!r} -> {value!r}")
+        elif key not in old and value:
+            changes.append(f"{key}: (absent) -> {value!r}")
+    return changes
 
 
 def _flat_fields(tree: dict, prefix: str = "") -> dict:
@@ -198,6 +209,7 @@ def run_jobs(jobs: Sequence[Job], log: Callable[[str], None] = print) -> dict[st
 
     Raises SystemExit when a stage is interrupted (its checkpoint is saved: run again).
     """
+    from motionaura_jax.checkpoint import CheckpointMismatchError
     from motionaura_jax.train import loop
 
     reasons = {job.name: skip_reason(job) for job in jobs}
@@ -219,10 +231,20 @@ def run_jobs(jobs: Sequence[Job], log: Callable[[str], None] = print) -> dict[st
         index = pending.index(job)
         later = [j.config.train.max_seconds for j in pending[index + 1 :]]
         log(f"[{job.name}] training ({index + 1}/{len(pending)}) in {job.folder}")
+        previous = (_read_json(os.path.join(job.folder, RECORD)) or {}).get("config")
+        changes = config_changes(previous, job.config) if previous else []
+        if changes:
+            log(f"[{job.name}] config changed since its last training: " + "; ".join(changes))
         # Recorded before training: a stage may fill config fields at start-up
         # (inpaint's base_fingerprint), which a fresh config of the next run lacks.
         record = _config_record(job.config)
-        result = loop.train(job.config, job.workdir, progress_suffix=overall_eta(later))
+        try:
+            result = loop.train(job.config, job.workdir, progress_suffix=overall_eta(later))
+        except CheckpointMismatchError as e:
+            raise SystemExit(
+                f"[{job.name}] {e}\nTo go on with the trained model instead, --set the "
+                "changed fields above back to their recorded values."
+            ) from e
         if jax.process_index() == 0:
             with open(os.path.join(job.folder, RECORD), "w") as f:
                 json.dump(dict(config=record, step=result["step"]), f, indent=2, sort_keys=True)

@@ -89,6 +89,17 @@ def test_runs_every_stage_writes_the_report_then_skips(tmp_path, capsys):
     main_job._use_run_eval_settings(pipe, workdir, "t2v")
     assert pipe.default_cfg == 7.0
 
+    # A changed model shape cannot resume: the job names the changed fields and exits.
+    log = []
+    with pytest.raises(SystemExit, match=r"does not fit this model(.|\n)*--set the changed"):
+        main_job.run(
+            workdir,
+            steps=("t2v",),
+            overrides=[*OVERRIDES, "t2v.model.text_pool=False"],
+            log=log.append,
+        )
+    assert "model.text_pool: True -> False" in " ".join(log), log
+
 
 def test_changed_config_is_not_skipped(tmp_path):
     """A record of another config, or an eval.json of another step, means: train."""
@@ -103,6 +114,7 @@ def test_changed_config_is_not_skipped(tmp_path):
     assert main_job.skip_reason(job).startswith("finished at step 5")
     (changed,) = main_job.stage_jobs(str(tmp_path), ["tokenizer"], ["tokenizer.train.num_steps=6"])
     assert main_job.skip_reason(changed) is None
+    assert main_job.config_changes(record["config"], changed.config) == ["train.num_steps: 5 -> 6"]
     with open(os.path.join(job.folder, "eval.json"), "w") as f:  # stopped on its budget
         json.dump(dict(stage="tokenizer", step=5, finished=False), f)
     assert "budget ran out" in main_job.skip_reason(job)
@@ -119,6 +131,9 @@ def test_changed_config_is_not_skipped(tmp_path):
         ["tokenizer.train.num_steps=5", "tokenizer.masking.frame=True"],
     )
     assert main_job.skip_reason(turned_on) is None
+    assert main_job.config_changes(record["config"], turned_on.config) == [
+        "masking.frame: (absent) -> True"
+    ]
 
 
 def test_overall_eta_adds_later_budgets():
