@@ -95,10 +95,10 @@ def test_runs_every_stage_writes_the_report_then_skips(tmp_path, capsys):
         main_job.run(
             workdir,
             steps=("t2v",),
-            overrides=[*OVERRIDES, "t2v.model.text_pool=False"],
+            overrides=[*OVERRIDES, "t2v.model.text_pool=True"],
             log=log.append,
         )
-    assert "model.text_pool: True -> False" in " ".join(log), log
+    assert "model.text_pool: False -> True" in " ".join(log), log
 
 
 def test_changed_config_is_not_skipped(tmp_path):
