@@ -20,7 +20,6 @@ The model knows no mesh: it names logical axes only (DESIGN.md section 5).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +38,7 @@ from motionaura_jax.nn.layers import (
     dense_init,
     modulate,
     partitioned,
+    silu_mlp,
     sinusoidal_embedding,
 )
 from motionaura_jax.parallel import axes
@@ -392,19 +392,14 @@ class SpectralTransformer(nn.Module):
         """(B, width): a two-layer SiLU MLP of the mean of the valid text rows."""
         weights = valid.astype(jnp.float32)[..., None]
         mean = (text.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-        dense = functools.partial(
-            nn.Dense,
-            self.width,
+        return silu_mlp(
+            mean.astype(self.dtype),
+            width=self.width,
+            name="pool",
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+            in_axis=None,
         )
-        x = dense(kernel_init=partitioned(dense_init(0.02), (None, axes.EMBED)), name="pool_in")(
-            mean.astype(self.dtype)
-        )
-        return dense(
-            kernel_init=partitioned(dense_init(0.02), (axes.MLP, axes.EMBED)), name="pool_out"
-        )(nn.silu(x))
 
     def _text_context(self, text, valid):
         """Projected text, padding zeroed, then `Re fft2D` once for all blocks (Eq. 4)."""

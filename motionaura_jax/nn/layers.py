@@ -7,6 +7,7 @@ one rules table can place it on any mesh (DESIGN.md section 5). Parameters are k
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -49,6 +50,35 @@ def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10_000.0) -
     return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
+def silu_mlp(
+    x: jax.Array,
+    *,
+    width: int,
+    name: str,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    in_axis: str | None = axes.MLP,
+) -> jax.Array:
+    """Two-layer SiLU MLP of a conditioning vector (DiT), params `{name}_in` / `{name}_out`.
+
+    Call it inside a compact method: the two Dense layers join the calling module.
+    `in_axis` is the logical axis of the input features (None leaves them replicated).
+    """
+    dense = functools.partial(
+        nn.Dense,
+        width,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
+    )
+    x = dense(kernel_init=partitioned(dense_init(0.02), (in_axis, axes.EMBED)), name=f"{name}_in")(
+        x
+    )
+    return dense(
+        kernel_init=partitioned(dense_init(0.02), (axes.MLP, axes.EMBED)), name=f"{name}_out"
+    )(nn.silu(x))
+
+
 class ConditionEmbedding(nn.Module):
     """Timestep + FPS conditioning vector (Sec. 3.3: AdLN(z_t, t, FPS)).
 
@@ -68,31 +98,15 @@ class ConditionEmbedding(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    def _mlp(self, x: jax.Array, name: str) -> jax.Array:
-        x = nn.Dense(
-            self.width,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=partitioned(dense_init(0.02), (axes.MLP, axes.EMBED)),
-            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
-            name=f"{name}_in",
-        )(x)
-        x = nn.silu(x)
-        return nn.Dense(
-            self.width,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=partitioned(dense_init(0.02), (axes.MLP, axes.EMBED)),
-            bias_init=partitioned(nn.initializers.zeros, (axes.EMBED,)),
-            name=f"{name}_out",
-        )(x)
-
     @nn.compact
     def __call__(self, t: jax.Array, fps: jax.Array) -> jax.Array:
         # t in [0, 1] is stretched to DDPM-like step units so the sinusoid spans many periods.
         t_emb = sinusoidal_embedding(t * self.time_scale, self.freq_dim)
         fps_emb = sinusoidal_embedding(fps, self.freq_dim)
-        return self._mlp(t_emb, "time") + self._mlp(fps_emb, "fps")
+        mlp = functools.partial(
+            silu_mlp, width=self.width, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        return mlp(t_emb, name="time") + mlp(fps_emb, name="fps")
 
 
 class Projection(nn.Module):
