@@ -7,7 +7,9 @@ Trains each stage from its toy config (`configs/<stage>.py:toy`) under DIR/<stag
 writes samples and DIR/report.md (metrics against targets, training curves, contact
 sheets, GIFs). `--set=<stage>.<key>=<value>` overrides one stage's config (repeatable).
 Run the same command again after an interruption: stages resume from their last
-checkpoint, and stages already done with the same config are skipped.
+checkpoint, and stages already done with the same config are skipped. `--minutes=30`
+(the default) fits the training stages into 30 minutes on a slower machine than the
+configs' caps assume; `--minutes=0` leaves only the caps.
 See `motionaura_jax/main_job.py` for the skip rule and the overall ETA.
 """
 
@@ -29,6 +31,12 @@ _SET = flags.DEFINE_multi_string(
 )
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Clips per sample sheet.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the samples.")
+_MINUTES = flags.DEFINE_float(
+    "minutes",
+    30.0,
+    "Time budget of the training stages: each trains for at most its share of what is "
+    "left (main_job.stage_budget); 0: only each stage's own train.max_seconds.",
+)
 
 
 def main(argv: list[str]) -> None:
@@ -50,6 +58,7 @@ def main(argv: list[str]) -> None:
         overrides=_SET.value,
         num_samples=_NUM_SAMPLES.value,
         seed=_SEED.value,
+        minutes=_MINUTES.value,
     )
     if result["stages"]:
         print("stages: " + ", ".join(f"{k} {v}" for k, v in result["stages"].items()), flush=True)

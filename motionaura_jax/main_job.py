@@ -22,11 +22,18 @@ checkpoint; when the change alters the model's shape, the checkpoint cannot fit 
 job exits naming them. Retraining an earlier stage does not retrain later ones: for a
 changed tokenizer use a new workdir.
 
+Time budget: with `minutes > 0` (launch/main.py: `--minutes`, 30 by default, the issue's
+target) every stage trains for at most its share of the minutes left when it starts:
+`stage_budget`. On the usual CPU the stages end before their shares; on a slower one
+they stop earlier than their own `train.max_seconds` would, so the whole job still ends
+near the budget. Each run of the command gets the whole budget again.
+
 Overall ETA: each progress line ends in `| overall 12m03s left` = the running stage's
 ETA (the loop's: the sooner of its step rate and its budget) + the `train.max_seconds`
-of every stage still to run. A budget is an upper bound for a stage that reaches
-`num_steps` sooner, and covers training steps only (token caches and evaluations come on
-top); a later stage without a budget makes the estimate `>= ...`.
+of every stage still to run, at most the job's budget left. A budget is an upper bound
+for a stage that reaches `num_steps` sooner, and covers training steps only (token
+caches and evaluations come on top); a later stage without a budget makes the estimate
+`>= ...`.
 
 After training, `generate_samples` draws text-to-video and inpainting samples with the
 inference pipelines and `write_run_report` assembles `report.md`: metrics against their
@@ -38,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -53,6 +61,12 @@ CONFIG_DIR = config_lib.CONFIG_DIR
 RECORD = "main_job.json"
 SAMPLES = "samples"
 MAX_GIFS = 4
+# Share of the job's time budget left to what the stage budgets do not cover: token
+# caches, evaluations, samples and the report. Session 20's main job (37 min 19 s on a
+# slow machine) spent 3.9 min, 10.5%, outside the training loops.
+BUDGET_OVERHEAD = 0.15
+# A stage never gets less than this share of its own cap, even past the deadline.
+MIN_BUDGET_SHARE = 0.1
 
 # Targets from the issues. Values are fractions (0.9 = 90%), as the stages write them.
 TARGETS = {
@@ -147,11 +161,13 @@ def skip_reason(job: Job) -> str | None:
     why = (
         f"train.stop_at_step={step}"
         if step == train.stop_at_step
-        else f"its train.max_seconds={train.max_seconds:g} budget ran out"
+        else f"its time ran out: train.max_seconds={train.max_seconds:g} or its share of the "
+        "job's --minutes"
     )
     return (
         f"stopped at step {step} of {train.num_steps} ({why}) with the same config; pass "
-        f"--set={job.config.stage}.train.max_seconds=<more> to train on"
+        f"--set={job.config.stage}.train.max_seconds=<more> (and more --minutes, or 0) to "
+        "train on"
     )
 
 
@@ -191,23 +207,48 @@ def _flat_fields(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def overall_eta(later_budgets: Sequence[float]) -> Callable[[float], str]:
-    """`progress_suffix` for `loop.train`: the stage's ETA plus the later stages' budgets."""
+def stage_budget(caps: Sequence[float], seconds_left: float) -> float:
+    """Training seconds for the first of the stages still to run, whose `train.max_seconds`
+    are `caps`, with `seconds_left` of the job's budget.
+
+    The caps weigh the shares (a cap of 0, none, weighs as the mean of the others) of
+    what is left after `BUDGET_OVERHEAD`; the stage gets its share, at most its cap and at
+    least `MIN_BUDGET_SHARE` of its weight (so a job past its deadline still trains).
+    """
+    positive = [c for c in caps if c > 0]
+    fill = sum(positive) / len(positive) if positive else 1.0
+    weights = [c if c > 0 else fill for c in caps]
+    share = max(seconds_left, 0.0) * (1 - BUDGET_OVERHEAD) * weights[0] / sum(weights)
+    share = max(share, MIN_BUDGET_SHARE * weights[0])
+    return min(share, caps[0]) if caps[0] > 0 else share
+
+
+def overall_eta(
+    later_budgets: Sequence[float], deadline: float | None = None
+) -> Callable[[float], str]:
+    """`progress_suffix` for `loop.train`: the stage's ETA plus the later stages' budgets,
+    at most the time to `deadline` (a `time.monotonic()` value) when there is one."""
     from motionaura_jax.train.loop import format_seconds
 
     known = float(sum(b for b in later_budgets if b > 0))
     at_least = ">=" if any(b <= 0 for b in later_budgets) else ""
 
     def suffix(stage_eta: float) -> str:
-        return f" | overall {at_least}{format_seconds(stage_eta + known)} left"
+        eta, prefix = stage_eta + known, at_least
+        if deadline is not None and eta > (left := max(deadline - time.monotonic(), 0.0)):
+            eta, prefix = left, ""  # the budget ends the job by then
+        return f" | overall {prefix}{format_seconds(eta)} left"
 
     return suffix
 
 
-def run_jobs(jobs: Sequence[Job], log: Callable[[str], None] = print) -> dict[str, str]:
+def run_jobs(
+    jobs: Sequence[Job], log: Callable[[str], None] = print, minutes: float = 0.0
+) -> dict[str, str]:
     """Trains the jobs in order, skipping done ones; returns `{name: 'trained'|'skipped'}`.
 
-    Raises SystemExit when a stage is interrupted (its checkpoint is saved: run again).
+    `minutes > 0`: the jobs share that time budget (`stage_budget`). Raises SystemExit
+    when a stage is interrupted (its checkpoint is saved: run again).
     """
     from motionaura_jax.checkpoint import CheckpointMismatchError
     from motionaura_jax.train import loop
@@ -216,6 +257,7 @@ def run_jobs(jobs: Sequence[Job], log: Callable[[str], None] = print) -> dict[st
     pending = [job for job in jobs if not reasons[job.name]]
     status: dict[str, str] = {}
     retrained: set[str] = set()  # workdirs where an earlier stage trained in this call
+    deadline = time.monotonic() + 60 * minutes if minutes > 0 else None
     for job in jobs:
         workdir = os.path.abspath(job.workdir)
         if reasons[job.name]:
@@ -229,7 +271,11 @@ def run_jobs(jobs: Sequence[Job], log: Callable[[str], None] = print) -> dict[st
             status[job.name] = "skipped"
             continue
         index = pending.index(job)
-        later = [j.config.train.max_seconds for j in pending[index + 1 :]]
+        caps = [j.config.train.max_seconds for j in pending[index:]]
+        budget = None
+        if deadline is not None:
+            budget = stage_budget(caps, deadline - time.monotonic())
+            log(f"[{job.name}] {budget:.0f} s of training in the job's {minutes:g}-minute budget")
         log(f"[{job.name}] training ({index + 1}/{len(pending)}) in {job.folder}")
         previous = (_read_json(os.path.join(job.folder, RECORD)) or {}).get("config")
         changes = config_changes(previous, job.config) if previous else []
@@ -239,7 +285,12 @@ def run_jobs(jobs: Sequence[Job], log: Callable[[str], None] = print) -> dict[st
         # (inpaint's base_fingerprint), which a fresh config of the next run lacks.
         record = _config_record(job.config)
         try:
-            result = loop.train(job.config, job.workdir, progress_suffix=overall_eta(later))
+            result = loop.train(
+                job.config,
+                job.workdir,
+                progress_suffix=overall_eta(caps[1:], deadline),
+                max_seconds=budget,
+            )
         except CheckpointMismatchError as e:
             raise SystemExit(
                 f"[{job.name}] {e}\nTo go on with the trained model instead, --set the "
@@ -428,15 +479,19 @@ def run(
     num_samples: int = 8,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    minutes: float = 0.0,
 ) -> dict:
     """Trains the stages in `steps`, then (with 'report') samples and `report.md`.
+
+    `minutes > 0`: the stages share that time budget (see the module docstring).
 
     Returns `{'stages': {stage: 'trained'|'skipped'}, 'report': path or None}`.
     """
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ValueError(f"unknown steps {unknown}; use some of {STEPS}")
-    status = run_jobs(stage_jobs(workdir, [s for s in STAGES if s in steps], overrides, specs), log)
+    jobs = stage_jobs(workdir, [s for s in STAGES if s in steps], overrides, specs)
+    status = run_jobs(jobs, log, minutes)
     path = None
     if "report" in steps and jax.process_index() == 0:
         samples = generate_samples(workdir, num_samples, seed, log)

@@ -4,6 +4,7 @@ skips what is done, and the ablation comparison table."""
 import json
 import os
 import re
+import time
 
 import jax
 import pytest
@@ -117,14 +118,14 @@ def test_changed_config_is_not_skipped(tmp_path):
     assert main_job.config_changes(record["config"], changed.config) == ["train.num_steps: 5 -> 6"]
     with open(os.path.join(job.folder, "eval.json"), "w") as f:  # stopped on its budget
         json.dump(dict(stage="tokenizer", step=5, finished=False), f)
-    assert "budget ran out" in main_job.skip_reason(job)
+    assert "time ran out" in main_job.skip_reason(job)
 
     # A record from before a code upgrade added a field: unchanged while the run leaves
     # the field off, changed when the run turns it on.
     del record["config"]["masking"]["frame"]
     with open(os.path.join(job.folder, main_job.RECORD), "w") as f:
         json.dump(record, f)
-    assert not job.config.masking.frame and "budget ran out" in main_job.skip_reason(job)
+    assert not job.config.masking.frame and "time ran out" in main_job.skip_reason(job)
     (turned_on,) = main_job.stage_jobs(
         str(tmp_path),
         ["tokenizer"],
@@ -138,8 +139,42 @@ def test_changed_config_is_not_skipped(tmp_path):
 
 def test_overall_eta_adds_later_budgets():
     assert main_job.overall_eta([600.0, 840.0])(63.0) == " | overall 25m03s left"
+    # A job budget ends the job sooner: at most the time to its deadline.
+    deadline = time.monotonic() + 100.0
+    assert re.fullmatch(
+        r" \| overall 1m(39|40)s left", main_job.overall_eta([600.0, 0.0], deadline)(63.0)
+    )
+    assert main_job.overall_eta([0.0], deadline)(1.0) == " | overall >=0m01s left"
     assert main_job.overall_eta([600.0, 0.0])(0.0) == " | overall >=10m00s left"
     assert main_job.overall_eta([])(float("inf")) == " | overall ? left"
+
+
+def test_stage_budget_shares_the_time_left():
+    caps = [600.0, 840.0, 600.0]  # the toy stages' train.max_seconds
+    keep = 1 - main_job.BUDGET_OVERHEAD
+    assert main_job.stage_budget(caps, 1800.0) == pytest.approx(1800 * keep * 600 / 2040)
+    assert main_job.stage_budget(caps[1:], 1200.0) == pytest.approx(1200 * keep * 840 / 1440)
+    assert main_job.stage_budget(caps, 1e6) == 600.0  # never more than the stage's cap
+    assert main_job.stage_budget(caps, -5.0) == pytest.approx(60.0)  # past the deadline
+    # A stage without a cap weighs as the mean of the others and is not capped.
+    assert main_job.stage_budget([0.0, 600.0, 300.0], 1e4) == pytest.approx(1e4 * keep / 3)
+
+
+def test_job_budget_stops_a_stage_before_its_steps(tmp_path):
+    """With `minutes`, a stage that would train longer stops on its share; a rerun skips
+    it and says how to train on."""
+    workdir = str(tmp_path / "run")
+    overrides = [f"tokenizer.{o}" for o in TINY_TOKENIZER] + ["tokenizer.train.num_steps=100000"]
+    jobs = main_job.stage_jobs(workdir, ["tokenizer"], overrides)
+    log = []
+    with jax.default_prng_impl("unsafe_rbg"):
+        status = main_job.run_jobs(jobs, log.append, minutes=0.05)  # 3 s, 2.55 s to train
+    assert status == {"tokenizer": "trained"}
+    assert any(re.match(r"\[tokenizer\] 3 s of training in the job's 0.05-minute", x) for x in log)
+    result = json.load(open(os.path.join(jobs[0].folder, "eval.json")))
+    assert not result["finished"] and 1 <= result["step"] < 100000
+    reason = main_job.skip_reason(jobs[0])
+    assert "its share of the job's --minutes" in reason and "more --minutes" in reason
 
 
 def test_bad_overrides_are_clear_errors(tmp_path):

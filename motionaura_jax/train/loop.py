@@ -271,13 +271,18 @@ def train(
     config: ml_collections.ConfigDict,
     workdir: str,
     progress_suffix: Callable[[float], str] | None = None,
+    max_seconds: float | None = None,
 ) -> dict:
     """Trains `config.stage` under `workdir/<stage>/`; returns the final eval metrics.
 
     Resumes from the stage's latest checkpoint when there is one. The final evaluation is
     also written to `workdir/<stage>/eval.json`. `progress_suffix(stage_eta_seconds)` adds
-    text to each progress line (the main job's overall ETA).
+    text to each progress line (the main job's overall ETA). `max_seconds` replaces
+    `config.train.max_seconds` for this call (the main job's share of its time budget);
+    checkpoints keep the config as given.
     """
+    if max_seconds is None:
+        max_seconds = config.train.max_seconds
     built = setup(config, workdir=workdir)
     stage, state, data = built.stage, built.state, built.data
     out_dir = stage_dir(workdir, stage.name)
@@ -296,7 +301,7 @@ def train(
     jsonl = _JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
     if start == 0:
         writer.write_hparams(dict(_flatten_config(config)))
-    progress = _Progress(stage.name, start, total, config.train.max_seconds, progress_suffix)
+    progress = _Progress(stage.name, start, total, max_seconds, progress_suffix)
     history: list[tuple[int, dict]] = []
     t_start = time.perf_counter()
     step, interrupted = start, False
@@ -314,8 +319,7 @@ def train(
             # decision and the exit decision must not skip the save.
             interrupted = stop.signum is not None
             out_of_time = (
-                0 < config.train.max_seconds < time.perf_counter() - t_start
-                or step == config.train.stop_at_step
+                0 < max_seconds < time.perf_counter() - t_start or step == config.train.stop_at_step
             )
             save_now = (
                 step % config.train.checkpoint_every == 0
