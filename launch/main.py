@@ -34,8 +34,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the samples.")
 _MINUTES = flags.DEFINE_float(
     "minutes",
     30.0,
-    "Time budget of the training stages: each trains for at most its share of what is "
-    "left (main_job.stage_budget); 0: only each stage's own train.max_seconds.",
+    "Time budget of the whole job: each stage trains for at most its share of what is "
+    "left, 15% kept for caches, evaluations and the report (main_job.stage_budget); 0: "
+    "only each stage's own train.max_seconds.",
 )
 
 

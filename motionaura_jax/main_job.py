@@ -1,7 +1,7 @@
 """The main job: the three stages in one workdir, then samples and `workdir/report.md`.
 
     from motionaura_jax import main_job
-    main_job.run("runs/default")                          # what launch/main.py does
+    main_job.run("runs/default", minutes=30)              # what launch/main.py does
     main_job.run("runs/x", overrides=["t2v.train.num_steps=100"], steps=("t2v", "report"))
 
 Stages run in order (`tokenizer`, `t2v`, `inpaint`), each from its config
@@ -11,22 +11,24 @@ again. Overrides are `stage.key=value` (`t2v.model.width=32`); the part after th
 name is a `config.load_config` override.
 
 Skipping: when `loop.train` returns, the job writes `<workdir>/<stage>/main_job.json`
-(the config it trained with and the step it stopped at). A later run skips the stage
-when that record holds the same config and `eval.json` the same step: the stage either
-finished (`eval.json` says `finished: true`) or spent its `train.max_seconds` budget
-(then raise `<stage>.train.max_seconds` or `num_steps` to train on; a changed config
-resumes from the checkpoint). A field the record lacks (added by a code upgrade since)
-counts as unchanged where the run leaves it off (see `_same_config`). A stage whose
+(the config it trained with, the job's `minutes` and the step it stopped at). A later
+run skips the stage when that record holds the same config and `eval.json` the same
+step: the stage either finished (`eval.json` says `finished: true`) or ran out of time
+under the same `minutes` (its `train.max_seconds` cap or its share of the job's budget;
+raise the cap, or run with other `minutes`, to train on: it resumes from the
+checkpoint). A field the record lacks (added by a code upgrade since) counts as
+unchanged where the run leaves it off (see `_same_config`). A stage whose
 config changed logs the changed fields (`config_changes`) and resumes from its
 checkpoint; when the change alters the model's shape, the checkpoint cannot fit and the
 job exits naming them. Retraining an earlier stage does not retrain later ones: for a
 changed tokenizer use a new workdir.
 
 Time budget: with `minutes > 0` (launch/main.py: `--minutes`, 30 by default, the issue's
-target) every stage trains for at most its share of the minutes left when it starts:
-`stage_budget`. On the usual CPU the stages end before their shares; on a slower one
-they stop earlier than their own `train.max_seconds` would, so the whole job still ends
-near the budget. Each run of the command gets the whole budget again.
+target for the whole job) every stage trains for at most its share of the minutes left
+when it starts: `stage_budget`. The shares are meant to be about what the toy stages
+need on the usual 2-core CPU (estimated from step rates, not timed there); on a slower
+one the stages stop earlier than their own `train.max_seconds` caps would, so the whole
+job still ends near the budget. Each run of the command gets the whole budget again.
 
 Overall ETA: each progress line ends in `| overall 12m03s left` = the running stage's
 ETA (the loop's: the sooner of its step rate and its budget) + the `train.max_seconds`
@@ -65,7 +67,8 @@ MAX_GIFS = 4
 # caches, evaluations, samples and the report. Session 20's main job (37 min 19 s on a
 # slow machine) spent 3.9 min, 10.5%, outside the training loops.
 BUDGET_OVERHEAD = 0.15
-# A stage never gets less than this share of its own cap, even past the deadline.
+# A stage never gets less than this share of its weight in `stage_budget` (its cap), even
+# past the deadline: a tiny budget would leave it untrained rather than the job shorter.
 MIN_BUDGET_SHARE = 0.1
 
 # Targets from the issues. Values are fractions (0.9 = 90%), as the stages write them.
@@ -146,8 +149,9 @@ def _config_record(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config_lib.to_json(config))
 
 
-def skip_reason(job: Job) -> str | None:
-    """Why `job` needs no training (see the module docstring), or None."""
+def skip_reason(job: Job, minutes: float = 0.0) -> str | None:
+    """Why `job` needs no training in a run with the job budget `minutes` (see the module
+    docstring), or None."""
     result = _read_json(os.path.join(job.folder, "eval.json"))
     record = _read_json(os.path.join(job.folder, RECORD))
     if not result or not record or not _same_config(record.get("config"), job.config):
@@ -158,16 +162,18 @@ def skip_reason(job: Job) -> str | None:
     if result.get("finished"):
         return f"finished at step {step} with the same config"
     train = job.config.train
-    why = (
-        f"train.stop_at_step={step}"
-        if step == train.stop_at_step
-        else f"its time ran out: train.max_seconds={train.max_seconds:g} or its share of the "
-        "job's --minutes"
-    )
+    if step == train.stop_at_step:
+        why = f"train.stop_at_step={step}"
+    elif record.get("minutes", 0.0) != minutes:  # another budget: train on
+        return None
+    else:
+        why = f"its time ran out: train.max_seconds={train.max_seconds:g}"
+        why += f" or its share of --minutes={minutes:g}" if minutes else ""
     return (
         f"stopped at step {step} of {train.num_steps} ({why}) with the same config; pass "
-        f"--set={job.config.stage}.train.max_seconds=<more> (and more --minutes, or 0) to "
-        "train on"
+        f"--set={job.config.stage}.train.max_seconds=<more>"
+        + (" or other --minutes" if minutes else "")
+        + " to train on"
     )
 
 
@@ -253,7 +259,11 @@ def run_jobs(
     from motionaura_jax.checkpoint import CheckpointMismatchError
     from motionaura_jax.train import loop
 
-    reasons = {job.name: skip_reason(job) for job in jobs}
+    if minutes < 0:
+        raise ValueError(
+            f"minutes={minutes:g}: give the job's time budget in minutes, or 0 for none"
+        )
+    reasons = {job.name: skip_reason(job, minutes) for job in jobs}
     pending = [job for job in jobs if not reasons[job.name]]
     status: dict[str, str] = {}
     retrained: set[str] = set()  # workdirs where an earlier stage trained in this call
@@ -275,7 +285,10 @@ def run_jobs(
         budget = None
         if deadline is not None:
             budget = stage_budget(caps, deadline - time.monotonic())
-            log(f"[{job.name}] {budget:.0f} s of training in the job's {minutes:g}-minute budget")
+            log(
+                f"[{job.name}] {loop.format_seconds(budget)} of training in the job's "
+                f"{minutes:g}-minute budget"
+            )
         log(f"[{job.name}] training ({index + 1}/{len(pending)}) in {job.folder}")
         previous = (_read_json(os.path.join(job.folder, RECORD)) or {}).get("config")
         changes = config_changes(previous, job.config) if previous else []
@@ -298,7 +311,12 @@ def run_jobs(
             ) from e
         if jax.process_index() == 0:
             with open(os.path.join(job.folder, RECORD), "w") as f:
-                json.dump(dict(config=record, step=result["step"]), f, indent=2, sort_keys=True)
+                json.dump(
+                    dict(config=record, step=result["step"], minutes=minutes),
+                    f,
+                    indent=2,
+                    sort_keys=True,
+                )
         retrained.add(workdir)
         status[job.name] = "trained"
     return status

@@ -158,6 +158,7 @@ def test_stage_budget_shares_the_time_left():
     assert main_job.stage_budget(caps, -5.0) == pytest.approx(60.0)  # past the deadline
     # A stage without a cap weighs as the mean of the others and is not capped.
     assert main_job.stage_budget([0.0, 600.0, 300.0], 1e4) == pytest.approx(1e4 * keep / 3)
+    assert main_job.stage_budget([0.0], -5.0) > 0  # 0 would mean no limit to the loop
 
 
 def test_job_budget_stops_a_stage_before_its_steps(tmp_path):
@@ -170,11 +171,18 @@ def test_job_budget_stops_a_stage_before_its_steps(tmp_path):
     with jax.default_prng_impl("unsafe_rbg"):
         status = main_job.run_jobs(jobs, log.append, minutes=0.05)  # 3 s, 2.55 s to train
     assert status == {"tokenizer": "trained"}
-    assert any(re.match(r"\[tokenizer\] 3 s of training in the job's 0.05-minute", x) for x in log)
+    assert any(
+        re.match(r"\[tokenizer\] 0m0\ds of training in the job's 0.05-minute", x) for x in log
+    )
     result = json.load(open(os.path.join(jobs[0].folder, "eval.json")))
-    assert not result["finished"] and 1 <= result["step"] < 100000
-    reason = main_job.skip_reason(jobs[0])
-    assert "its share of the job's --minutes" in reason and "more --minutes" in reason
+    assert not result["finished"] and result["step"] < 100000
+    # The same budget again: done. Another budget, or none: trains on.
+    reason = main_job.skip_reason(jobs[0], minutes=0.05)
+    assert "its share of --minutes=0.05" in reason and "or other --minutes" in reason
+    assert main_job.skip_reason(jobs[0], minutes=0.0) is None
+    assert main_job.skip_reason(jobs[0], minutes=60.0) is None
+    with pytest.raises(ValueError, match="minutes=-1"):
+        main_job.run_jobs(jobs, log.append, minutes=-1.0)
 
 
 def test_bad_overrides_are_clear_errors(tmp_path):

@@ -1,6 +1,10 @@
-"""Meshes, rules, and the sharded step against the single-device step."""
+"""Meshes, rules, the sharded step against the single-device step, and two real JAX
+processes agreeing on a stop decision."""
 
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -109,3 +113,42 @@ def test_detect_cluster():
         detect_cluster({"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2"})
         == "explicit"
     )
+
+
+# Two CPU processes joined by jax.distributed (gloo collectives), as on a 2-host launch.
+_AGREE_WORKER = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+rank = int(sys.argv[1])
+jax.distributed.initialize(coordinator_address=sys.argv[2], num_processes=2, process_id=rank)
+from motionaura_jax.parallel.multihost import any_process
+print("agreed", any_process(rank == 0), any_process(False), flush=True)
+"""
+
+
+def test_any_process_agrees_across_two_processes():
+    """A stop flag raised on one host is seen by every host (the train loop's stop rule)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": root}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _AGREE_WORKER, str(rank), f"localhost:{port}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()  # no-op once exited; a hung peer must not outlive the test
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-2000:]
+        assert "agreed True False" in out, out[-2000:]

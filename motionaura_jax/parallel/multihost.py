@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from absl import logging
 
 
@@ -58,3 +59,17 @@ def maybe_initialize_distributed() -> str | None:
         jax.device_count(),
     )
     return cluster
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on any of them.
+
+    The train loop's stop decisions (a signal, a spent time budget) are taken per host
+    from its own clock and signals; a host that left the loop alone would leave the
+    others waiting in the next step's collectives. One process: `flag` as is.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.bool_))))

@@ -24,7 +24,7 @@ from absl import logging
 from motionaura_jax import checkpoint as checkpoint_lib
 from motionaura_jax import config as config_lib
 from motionaura_jax.parallel import mesh as mesh_lib
-from motionaura_jax.parallel import sharding
+from motionaura_jax.parallel import multihost, sharding
 from motionaura_jax.train import optim
 from motionaura_jax.train.registry import build_stage
 from motionaura_jax.train.stage import Stage
@@ -199,7 +199,7 @@ def format_seconds(seconds: float) -> str:
 class _Progress:
     """`[stage] |#####.....| 50% step 120/240 | loss 0.1234 | 3.2 steps/s | ETA 0m37s`.
 
-    With a wall-clock budget (`train.max_seconds`) the ETA is the sooner of the two ends.
+    With a wall-clock budget (`max_seconds`) the ETA is the sooner of the two ends.
     `suffix(eta_seconds)` lets a caller append its own text (the main job's overall ETA).
     """
 
@@ -278,8 +278,8 @@ def train(
     Resumes from the stage's latest checkpoint when there is one. The final evaluation is
     also written to `workdir/<stage>/eval.json`. `progress_suffix(stage_eta_seconds)` adds
     text to each progress line (the main job's overall ETA). `max_seconds` replaces
-    `config.train.max_seconds` for this call (the main job's share of its time budget);
-    checkpoints keep the config as given.
+    `config.train.max_seconds` for this call (the main job's share of its time budget;
+    0 = no limit); checkpoints keep the config as given.
     """
     if max_seconds is None:
         max_seconds = config.train.max_seconds
@@ -316,10 +316,13 @@ def train(
             step += 1
             history.append((step, metrics))
             # One snapshot of the stop flag per step: a signal arriving between the save
-            # decision and the exit decision must not skip the save.
-            interrupted = stop.signum is not None
+            # decision and the exit decision must not skip the save. Every host takes the
+            # same decisions, or one would leave the loop while the others wait in the
+            # next step's collectives.
+            interrupted = multihost.any_process(stop.signum is not None)
             out_of_time = (
-                0 < max_seconds < time.perf_counter() - t_start or step == config.train.stop_at_step
+                multihost.any_process(0 < max_seconds < time.perf_counter() - t_start)
+                or step == config.train.stop_at_step
             )
             save_now = (
                 step % config.train.checkpoint_every == 0
@@ -347,8 +350,8 @@ def train(
         checkpointer.close()
         writer.close()
         raise SystemExit(
-            f"[{stage.name}] interrupted by signal {stop.signum} at step {step}; checkpoint "
-            "saved. Run the same command again to resume."
+            f"[{stage.name}] interrupted by signal {stop.signum or 'on another host'} at step "
+            f"{step}; checkpoint saved. Run the same command again to resume."
         )
     results = dict(stage.evaluate(eval_params(state), built.frozen))
     results = {k: float(v) for k, v in results.items()}
