@@ -318,12 +318,13 @@ def train(
             # One snapshot of the stop flag per step: a signal arriving between the save
             # decision and the exit decision must not skip the save. Every host takes the
             # same decisions, or one would leave the loop while the others wait in the
-            # next step's collectives.
-            interrupted = multihost.any_process(stop.signum is not None)
+            # next step's collectives; on several hosts they are agreed on every
+            # log_every steps, where the loop waits for the devices anyway.
+            decide = jax.process_count() == 1 or step % config.train.log_every == 0
+            interrupted = decide and multihost.any_process(stop.signum is not None)
             out_of_time = (
-                multihost.any_process(0 < max_seconds < time.perf_counter() - t_start)
-                or step == config.train.stop_at_step
-            )
+                decide and multihost.any_process(0 < max_seconds < time.perf_counter() - t_start)
+            ) or step == config.train.stop_at_step
             save_now = (
                 step % config.train.checkpoint_every == 0
                 or step == total
