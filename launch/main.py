@@ -1,7 +1,7 @@
 """The main job: tokenizer, t2v and inpaint on the built-in `shapes` data, then a report.
 
   python launch/main.py --workdir=runs/default
-  python launch/main.py --workdir=runs/default --only=t2v,report \
+  python launch/main.py --workdir=runs/default --only=t2v,report \\
       --set=t2v.train.max_seconds=1800 --minutes=0
 
 Trains each stage from its toy config (`configs/<stage>.py:toy`) under DIR/<stage>/, then
