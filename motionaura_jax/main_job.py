@@ -14,9 +14,10 @@ Skipping: when `loop.train` returns, the job writes `<workdir>/<stage>/main_job.
 (the config it trained with, the job's `minutes` and the step it stopped at). A later
 run skips the stage when that record holds the same config and `eval.json` the same
 step: the stage either finished (`eval.json` says `finished: true`) or ran out of time
-under the same `minutes` (its `train.max_seconds` cap or its share of the job's budget;
-raise the cap, or run with other `minutes`, to train on: it resumes from the
-checkpoint). A field the record lacks (added by a code upgrade since) counts as
+(its `train.max_seconds` cap or its share of the job's budget) and this run's budget is
+no larger (`minutes=0`, none, is the largest; a record without `minutes` predates the
+budget and counts as 0). Raise the cap, or the budget, to train on: the stage resumes
+from its checkpoint. A field the record lacks (added by a code upgrade since) counts as
 unchanged where the run leaves it off (see `_same_config`). A stage whose
 config changed logs the changed fields (`config_changes`) and resumes from its
 checkpoint; when the change alters the model's shape, the checkpoint cannot fit and the
@@ -162,18 +163,18 @@ def skip_reason(job: Job, minutes: float = 0.0) -> str | None:
     if result.get("finished"):
         return f"finished at step {step} with the same config"
     train = job.config.train
+    ran_under = record.get("minutes", 0.0)
     if step == train.stop_at_step:
         why = f"train.stop_at_step={step}"
-    elif record.get("minutes", 0.0) != minutes:  # another budget: train on
+    elif ran_under and (minutes == 0 or minutes > ran_under):  # a larger budget: train on
         return None
     else:
         why = f"its time ran out: train.max_seconds={train.max_seconds:g}"
-        why += f" or its share of --minutes={minutes:g}" if minutes else ""
+        why += f" or its share of --minutes={ran_under:g}" if ran_under else ""
     return (
         f"stopped at step {step} of {train.num_steps} ({why}) with the same config; pass "
-        f"--set={job.config.stage}.train.max_seconds=<more>"
-        + (" or other --minutes" if minutes else "")
-        + " to train on"
+        f"--set={job.config.stage}.train.max_seconds=<more> or a larger --minutes (0: "
+        "none) to train on"
     )
 
 

@@ -119,6 +119,9 @@ def test_changed_config_is_not_skipped(tmp_path):
     with open(os.path.join(job.folder, "eval.json"), "w") as f:  # stopped on its budget
         json.dump(dict(stage="tokenizer", step=5, finished=False), f)
     assert "time ran out" in main_job.skip_reason(job)
+    # A record without a budget (or from before there was one) had its whole cap: a run
+    # under a budget gives no more time.
+    assert "time ran out" in main_job.skip_reason(job, minutes=30.0)
 
     # A record from before a code upgrade added a field: unchanged while the run leaves
     # the field off, changed when the run turns it on.
@@ -176,9 +179,10 @@ def test_job_budget_stops_a_stage_before_its_steps(tmp_path):
     )
     result = json.load(open(os.path.join(jobs[0].folder, "eval.json")))
     assert not result["finished"] and result["step"] < 100000
-    # The same budget again: done. Another budget, or none: trains on.
+    # The same budget or a smaller one: done. A larger one, or none: trains on.
     reason = main_job.skip_reason(jobs[0], minutes=0.05)
-    assert "its share of --minutes=0.05" in reason and "or other --minutes" in reason
+    assert "its share of --minutes=0.05" in reason and "a larger --minutes" in reason
+    assert main_job.skip_reason(jobs[0], minutes=0.01) is not None
     assert main_job.skip_reason(jobs[0], minutes=0.0) is None
     assert main_job.skip_reason(jobs[0], minutes=60.0) is None
     with pytest.raises(ValueError, match="minutes=-1"):
