@@ -146,6 +146,11 @@ def _read_json(path: str) -> dict | None:
         return json.load(f)
 
 
+def _read_record(folder: str) -> dict | None:
+    """A stage folder's RECORD: how the main job last trained it, or None."""
+    return _read_json(os.path.join(folder, RECORD))
+
+
 def _config_record(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config_lib.to_json(config))
 
@@ -154,7 +159,7 @@ def skip_reason(job: Job, minutes: float = 0.0) -> str | None:
     """Why `job` needs no training in a run with the job budget `minutes` (see the module
     docstring), or None."""
     result = _read_json(os.path.join(job.folder, "eval.json"))
-    record = _read_json(os.path.join(job.folder, RECORD))
+    record = _read_record(job.folder)
     if not result or not record or not _same_config(record.get("config"), job.config):
         return None
     step = result.get("step")
@@ -291,7 +296,7 @@ def run_jobs(
                 f"{minutes:g}-minute budget"
             )
         log(f"[{job.name}] training ({index + 1}/{len(pending)}) in {job.folder}")
-        previous = (_read_json(os.path.join(job.folder, RECORD)) or {}).get("config")
+        previous = (_read_record(job.folder) or {}).get("config")
         changes = config_changes(previous, job.config) if previous else []
         if changes:
             log(f"[{job.name}] config changed since its last training: " + "; ".join(changes))
@@ -335,7 +340,7 @@ def _use_run_eval_settings(pipe, workdir: str, stage: str) -> None:
     """Samples as the stage's `eval.json` was scored: the `eval` section this run's config
     gave the stage (its RECORD), which a rerun with new sampler settings re-evaluates
     under, rather than the one stored with the checkpoint when it was trained."""
-    record = _read_json(os.path.join(workdir, stage, RECORD))
+    record = _read_record(os.path.join(workdir, stage))
     if record and "eval" in record.get("config", {}):
         pipe.config.eval.update(record["config"]["eval"])
 
