@@ -124,10 +124,30 @@ def test_holdout_combos_absent_from_train_and_present_in_holdout():
         assert (c, s) == ("red", "triangle") or (c, m) == ("blue", "up")
 
 
+def test_left_to_right_order_lists_objects_by_first_frame_position():
+    sampled = ShapesSource(_cfg())
+    ordered = ShapesSource(_cfg(objects_left_to_right=True))
+    swapped = 0
+    for i in range(40):
+        a, b = sampled[i], ordered[i]
+        np.testing.assert_array_equal(a["video"], b["video"])  # the same clip ...
+        n = int(b["num_objects"])
+        x = [np.nonzero(b["masks"][k, 0])[1].mean() for k in range(n)]
+        assert x == sorted(x)  # ... with its objects (masks, ids, phrases) left to right
+        assert sorted(a["caption"].split(" and ")) == sorted(b["caption"].split(" and "))
+        assert [COLORS[c] for c in b["color"][:n]] == [
+            o["color"] for o in parse_caption(b["caption"])
+        ]
+        assert b["caption"] == ordered.caption(i)
+        swapped += a["caption"] != b["caption"]
+    assert swapped > 5  # the draw's order is often not the layout's
+
+
 def test_single_frame_images_and_other_sizes():
     rec = ShapesSource(_cfg(frames=1, caption_speed=True))[0]
     assert rec["video"].shape == (1, 64, 64, 3)
     assert (rec["motion"] == -1).all() and "moves" not in rec["caption"]
+    assert ShapesSource(_cfg(frames=1, caption_speed=True)).caption(0) == rec["caption"]
     rec = ShapesSource(_cfg(), frames=17, height=32, width=48)[0]
     assert rec["video"].shape == (17, 32, 48, 3) and rec["masks"].shape[1:] == (17, 32, 48)
 

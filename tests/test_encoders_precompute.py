@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from motionaura_jax.data.config import shapes_config
+from motionaura_jax.data.shapes import ShapesSource
 from motionaura_jax.encoders import text
 from motionaura_jax.encoders.precomputed import PrecomputedTextEmbeddings, load_precomputed
 from tools import precompute_text_embeddings as tool
@@ -67,6 +69,7 @@ def test_bfloat16_storage_and_shapes_source(tmp_path):
     store = PrecomputedTextEmbeddings(out)
     assert len(store) == meta["count"] <= 12
     caption, emb = store.record(0)
+    assert caption == ShapesSource(shapes_config(), "train")[0]["caption"]  # the clip's own
     assert emb.shape[1] == 128 and emb.shape[0] == len(caption.encode()) + 1
     assert store.batch([caption])["text_emb"].dtype == np.float32
 

@@ -80,6 +80,8 @@ def test_refuses_other_text_or_clip_size(written):
     text = t2v_data.make_text(t2v_config())
     with pytest.raises(ValueError, match="5x64x64"):
         cache.check(tokenizer, text, t2v_config("data.frames=5").data)
+    with pytest.raises(ValueError, match=r"objects_left_to_right=False.*asks for True"):
+        cache.check(tokenizer, text, t2v_config("data.objects_left_to_right=True").data)
 
 
 def test_missing_cache_is_a_clear_error(base_run, tmp_path):

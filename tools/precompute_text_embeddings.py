@@ -41,10 +41,7 @@ def shapes_captions(split: str, num: int | None) -> Iterator[str]:
     source = shapes.ShapesSource(cfg, split)
     count = len(source) if num is None else min(num, len(source))
     for i in tqdm(range(count), desc=f"shapes {split} captions", unit="clip"):
-        _, objects, _ = source.sample_attributes(i)
-        if source.frames == 1:  # single images have no motion phrase
-            objects = [{**o, "motion": None} for o in objects]
-        yield shapes.caption_for(objects, with_speed=source.caption_speed)
+        yield source.caption(i)
 
 
 def file_captions(path: str) -> list[str]:

@@ -97,6 +97,9 @@ def shapes_config() -> ml_collections.ConfigDict:
     cfg.backgrounds = BACKGROUNDS
     cfg.size_range = (0.13, 0.18)  # object half-size as a fraction of min(H, W)
     cfg.caption_speed = False  # append "slowly"/"quickly" to each motion phrase
+    # A clip's objects (caption phrases, masks, ids) left to right by their centres in the
+    # first frame; False: in the order they were drawn, unrelated to the layout.
+    cfg.objects_left_to_right = False
     cfg.fps = 8.0
     # Attribute combinations never seen in train, e.g. ("red triangle", "blue up"): an
     # object matching every word of one combo is rejected from `train` and is the first

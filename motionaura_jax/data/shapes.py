@@ -147,6 +147,8 @@ class ShapesSource:
         self.min_objects = int(config.min_objects)
         self.fps = float(config.fps)
         self.caption_speed = bool(config.caption_speed)
+        # .get: configs saved before the option draw in order
+        self.left_to_right = bool(config.get("objects_left_to_right", False))
         self.size_range = tuple(float(s) for s in config.size_range)
         self.names = {
             "color": tuple(config.colors),
@@ -254,10 +256,28 @@ class ShapesSource:
         rows = np.linspace(top, bottom, self.height, dtype=np.float32)
         return np.broadcast_to(rows[:, None, None], (self.height, self.width, 3))
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = int(index)
+    def layout(self, index: int) -> tuple[str, list[dict[str, Any]], list[np.ndarray]]:
+        """Background, objects in caption order and their centre tracks (T, 2) of clip i."""
         background, objects, pos_rng = self.sample_attributes(index)
         tracks = self._place(objects, pos_rng)
+        if self.left_to_right:  # stable: ties keep the draw's order
+            order = np.argsort([track[0, 0] for track in tracks], kind="stable")
+            objects, tracks = [objects[i] for i in order], [tracks[i] for i in order]
+        return background, objects, tracks
+
+    def caption_of(self, objects: list[dict[str, Any]]) -> str:
+        """The template caption of these objects (no motion phrase for single images)."""
+        if self.frames == 1:
+            objects = [{**obj, "motion": None} for obj in objects]
+        return caption_for(objects, with_speed=self.caption_speed)
+
+    def caption(self, index: int) -> str:
+        """Clip i's caption, without rendering its pixels."""
+        return self.caption_of(self.layout(index)[1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        background, objects, tracks = self.layout(index)
         t, h, w, m = self.frames, self.height, self.width, self.max_objects
         video = np.array(np.broadcast_to(self._background(background), (t, h, w, 3)))
         masks = np.zeros((m, t, h, w), np.uint8)
@@ -274,12 +294,9 @@ class ShapesSource:
             if t > 1:
                 ids["motion"][k] = MOTIONS.index(obj["motion"])
                 ids["speed"][k] = SPEEDS.index(obj["speed"])
-        if t == 1:
-            for obj in objects:
-                obj["motion"] = None
         return {
             "video": (video * 2.0 - 1.0).astype(np.float32),
-            "caption": caption_for(objects, with_speed=self.caption_speed),
+            "caption": self.caption_of(objects),
             "masks": masks,
             "sketch": sketch,
             "fps": np.float32(self.fps),

@@ -354,6 +354,7 @@ def write_token_cache(
             "frames": data_config.frames,
             "height": data_config.height,
             "width": data_config.width,
+            "objects_left_to_right": _left_to_right(data_config),
         },
         "num_clips": num_clips,
         "token_grid": list(grid),
@@ -462,6 +463,18 @@ class TokenCache:
                 f"{data['width']} clips, the data config asks for {size[0]}x{size[1]}x"
                 f"{size[2]}; {fix}"
             )
+        # Caches from before the option hold captions in the draw's order.
+        theirs = data.get("objects_left_to_right", False)
+        if theirs != _left_to_right(data_config):
+            raise ValueError(
+                f"token cache {self.path!r} holds captions with objects_left_to_right="
+                f"{theirs}, the data config asks for {_left_to_right(data_config)}; {fix}"
+            )
+
+
+def _left_to_right(data_config: ml_collections.ConfigDict) -> bool:
+    """`data.objects_left_to_right` (only `shapes` has it; other captions are as given)."""
+    return bool(data_config.get("objects_left_to_right", False))
 
 
 class _CacheBatches:
