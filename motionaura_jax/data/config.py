@@ -103,7 +103,8 @@ def shapes_config() -> ml_collections.ConfigDict:
     cfg.fps = 8.0
     # Attribute combinations never seen in train, e.g. ("red triangle", "blue up"): an
     # object matching every word of one combo is rejected from `train` and is the first
-    # object of every `holdout` clip (compositional generalisation).
+    # object drawn in every `holdout` clip (compositional generalisation; listed first
+    # unless `objects_left_to_right` puts it second).
     cfg.holdout = ()
     cfg.num_train = 100_000
     cfg.num_eval = 1_000
