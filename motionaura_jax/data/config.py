@@ -180,6 +180,12 @@ def _check_names(values: Sequence[str], vocab: Sequence[str], field: str) -> Non
         raise ValueError(f"data.{field} has duplicates: {tuple(values)}; list each name once")
 
 
+def objects_left_to_right(cfg: ml_collections.ConfigDict) -> bool:
+    """`cfg.objects_left_to_right`; False for configs saved before it and for sources
+    without it (their captions are as given)."""
+    return bool(cfg.get("objects_left_to_right", False))
+
+
 def parse_holdout(combos: Sequence[str | Sequence[str]]) -> list[dict[str, str]]:
     """Turns holdout combos ("red triangle" or ("red", "triangle")) into attribute dicts."""
     vocab = {"color": COLORS, "shape": SHAPES, "motion": MOTIONS, "speed": SPEEDS}

@@ -45,6 +45,7 @@ from motionaura_jax.data.config import (
     SPEED_ADVERBS,
     SPEED_TRAVEL,
     SPEEDS,
+    objects_left_to_right,
     parse_holdout,
     validate,
 )
@@ -147,8 +148,7 @@ class ShapesSource:
         self.min_objects = int(config.min_objects)
         self.fps = float(config.fps)
         self.caption_speed = bool(config.caption_speed)
-        # .get: configs saved before the option draw in order
-        self.left_to_right = bool(config.get("objects_left_to_right", False))
+        self.left_to_right = objects_left_to_right(config)
         self.size_range = tuple(float(s) for s in config.size_range)
         self.names = {
             "color": tuple(config.colors),

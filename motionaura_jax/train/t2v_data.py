@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 
 from motionaura_jax import checkpoint as checkpoint_lib
 from motionaura_jax.data import pipeline
+from motionaura_jax.data.config import objects_left_to_right
 from motionaura_jax.encoders.text import TextEncoder, make_text_encoder
 from motionaura_jax.tokenizer.model import VideoTokenizer, build_tokenizer
 from motionaura_jax.tokenizer.vocabulary import CodeVocabulary
@@ -354,7 +355,7 @@ def write_token_cache(
             "frames": data_config.frames,
             "height": data_config.height,
             "width": data_config.width,
-            "objects_left_to_right": _left_to_right(data_config),
+            "objects_left_to_right": objects_left_to_right(data_config),
         },
         "num_clips": num_clips,
         "token_grid": list(grid),
@@ -464,17 +465,12 @@ class TokenCache:
                 f"{size[2]}; {fix}"
             )
         # Caches from before the option hold captions in the draw's order.
-        theirs = data.get("objects_left_to_right", False)
-        if theirs != _left_to_right(data_config):
+        theirs, ours = data.get("objects_left_to_right", False), objects_left_to_right(data_config)
+        if theirs != ours:
             raise ValueError(
                 f"token cache {self.path!r} holds captions with objects_left_to_right="
-                f"{theirs}, the data config asks for {_left_to_right(data_config)}; {fix}"
+                f"{theirs}, the data config asks for {ours}; {fix}"
             )
-
-
-def _left_to_right(data_config: ml_collections.ConfigDict) -> bool:
-    """`data.objects_left_to_right` (only `shapes` has it; other captions are as given)."""
-    return bool(data_config.get("objects_left_to_right", False))
 
 
 class _CacheBatches:
