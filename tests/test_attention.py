@@ -44,6 +44,17 @@ def test_hartley_mode_matches_numpy_and_is_self_inverse(shape):
     np.testing.assert_allclose(twice, even, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["real", "hartley"])
+@pytest.mark.parametrize("shape", [(2, 6, 8), (2, 5, 7)])
+def test_spectral_mix_gradient_is_the_transposed_transform(mode, shape):
+    # Both transforms are symmetric matrices over (sequence, embedding) (F2 is), so the
+    # gradient of <w, mix(x)> is mix(w); the backward pass of the bin mirroring must agree.
+    x, w = _x(shape, seed=2), _x(shape, seed=3)
+    grad = jax.grad(lambda v: jnp.sum(jnp.asarray(w) * spectral_mix(v, mode)))(jnp.asarray(x))
+    f = np.fft.fft2(w, axes=(-2, -1), norm="ortho")
+    np.testing.assert_allclose(grad, f.real - (mode == "hartley") * f.imag, atol=1e-5)
+
+
 def test_spectral_mix_keeps_dtype_and_rejects_unknown_mode():
     x = jnp.asarray(_x(seed=2), jnp.bfloat16)
     y = spectral_mix(x, "real")

@@ -14,6 +14,7 @@ from motionaura_jax.denoiser.model import (
     abstract_params,
     count_params,
     group_patches,
+    patch_order,
     ungroup_patches,
     variant,
 )
@@ -345,6 +346,15 @@ def test_patches_group_grid_neighbours_and_the_head_returns_each_token_its_own_l
     assert logits.shape == (B, 12, VOCAB)
     f, r, c = np.unravel_index(np.arange(12), GRID)
     np.testing.assert_allclose(logits[1], bias[(f % 2) * 2 + (r % 2)], rtol=1e-6)
+    # grid_order=False leaves them in patch order: token patch_order(ids)[i] at row i.
+    params["head"]["kernel"] = _random_params(model)["head"]["kernel"]
+    grid_logits = jax.jit(model.apply)({"params": params}, tokens, t, text, mask, fps)
+    patch_logits = jax.jit(functools.partial(model.apply, grid_order=False))(
+        {"params": params}, tokens, t, text, mask, fps
+    )
+    order = np.asarray(patch_order(jnp.arange(12).reshape(1, *GRID), patch))[0]
+    assert sorted(order) == list(range(12)) and list(order) != list(range(12))
+    np.testing.assert_allclose(patch_logits, np.asarray(grid_logits)[:, order], rtol=1e-6)
     for bad, match in [
         (dict(patch=(1, 2, 2)), "divisible"),  # 3 columns
         (dict(patch=(2, 2, 1), code_levels=(4, 2, 5)), "K-way head"),

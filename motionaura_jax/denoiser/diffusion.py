@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from motionaura_jax.denoiser.model import patch_order
 from motionaura_jax.tokenizer.quantizers import fsq_digits
 
 SCHEDULES = ("cosine", "linear", "square", "cubic", "sqrt")
@@ -74,6 +75,8 @@ class DiffusionConfig:
       label_smoothing: optional smoothing of the masked-token targets.
       code_levels: the denoiser's digit head levels (`SpectralTransformer.code_levels`);
         non-empty: the loss reads per-digit logits (see `masked_cross_entropy`).
+      patch: the denoiser's `patch`; a patched denoiser returns its logits in patch order
+        (`grid_order=False`) and the loss puts the targets in the same order.
     """
 
     vocab_size: int = 12_800
@@ -82,6 +85,7 @@ class DiffusionConfig:
     p_uncond: float = 0.1
     label_smoothing: float = 0.0
     code_levels: tuple[int, ...] = ()
+    patch: tuple[int, ...] = (1, 1, 1)
 
     @property
     def mask_id(self) -> int:
@@ -219,7 +223,10 @@ def diffusion_loss(
     t = sample_time(r_t, b, config.num_steps)
     z_t, masked = corrupt(r_mask, tokens, t, config.mask_id, config.schedule, batch.get("known"))
     drop = jax.random.bernoulli(r_drop, config.p_uncond, (b,))
-    digits = {"digit_logits": True} if config.code_levels else {}
+    options = {"digit_logits": True} if config.code_levels else {}
+    if tuple(config.patch) != (1, 1, 1):
+        options["grid_order"] = False  # the mean over masked tokens ignores their order
+        tokens, masked = patch_order(tokens, config.patch), patch_order(masked, config.patch)
     logits = apply_fn(
         {"params": params},
         z_t,
@@ -228,7 +235,7 @@ def diffusion_loss(
         text_mask=batch.get("text_mask"),
         fps=batch.get("fps"),
         drop_text=drop,
-        **digits,
+        **options,
     )
     loss, metrics = masked_cross_entropy(
         logits,

@@ -183,6 +183,13 @@ def ungroup_patches(y: jax.Array, grid: tuple[int, ...], patch: tuple[int, ...])
     return y.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, n * h * w, -1)
 
 
+def patch_order(tokens: jax.Array, patch: tuple[int, ...]) -> jax.Array:
+    """(B, n, h, w) per-token values -> (B, n*h*w) in patch order: the order of the logits
+    `SpectralTransformer(..., grid_order=False)` returns (each patch's tokens together)."""
+    b, *grid = tokens.shape
+    return group_patches(tokens.reshape(b, -1, 1), tuple(grid), patch).reshape(b, -1)
+
+
 class PatchEmbed(nn.Module):
     """(B, n*h*w, D) token embeddings -> (B, patches, width): `group_patches`, then a Dense."""
 
@@ -282,6 +289,9 @@ class SpectralTransformer(nn.Module):
         position (stage 3's `context="sum"`: the masked video's token at the same cell).
       digit_logits: with `code_levels`, return the (B, L, sum(code_levels)) per-digit
         logits instead of the K-way log-probabilities (training; see `code_levels`).
+      grid_order: False (patched models): the logits stay in patch order (`patch_order`),
+        for a loss that does not care about token order. It skips moving the largest
+        tensor of the step twice (ungrouping, and its transpose in the backward pass).
     Returns:
       (B, L, K) logits, L = n * h * w.
     """
@@ -550,6 +560,7 @@ class SpectralTransformer(nn.Module):
         extra_embeds: jax.Array | None = None,
         digit_logits: bool = False,
         token_offsets: jax.Array | None = None,
+        grid_order: bool = True,
     ) -> jax.Array:
         self._check(tokens)
         if digit_logits and not self.code_levels:
@@ -615,8 +626,10 @@ class SpectralTransformer(nn.Module):
         logits = self._head(modulate(LayerNorm()(x), shift, scale), digit_logits)
         if digit_logits:
             return logits
-        if self.patched:
+        if self.patched and grid_order:
             logits = ungroup_patches(logits, token_grid, self.patch)
+        elif self.patched:  # (B, patches, prod(patch) * K) -> (B, L, K): a free reshape
+            logits = logits.reshape(b, -1, logits.shape[-1] // math.prod(self.patch))
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
         return logits.astype(self.logits_dtype)
 

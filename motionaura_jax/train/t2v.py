@@ -186,6 +186,7 @@ def diffusion_config(
     return DiffusionConfig(
         vocab_size=denoiser.vocab_size,
         code_levels=tuple(denoiser.code_levels),
+        patch=tuple(denoiser.patch),
         **dict(config.diffusion),
     )
 
