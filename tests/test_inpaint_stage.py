@@ -5,6 +5,7 @@ import os
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,8 +15,10 @@ from motionaura_jax import checkpoint as checkpoint_lib
 from motionaura_jax import pipelines
 from motionaura_jax.data.config import shapes_config
 from motionaura_jax.data.shapes import ShapesSource
+from motionaura_jax.denoiser import sampling
 from motionaura_jax.inpaint import data as inpaint_data
 from motionaura_jax.inpaint import model as inpaint_model
+from motionaura_jax.inpaint.sketch import prepare_sketch
 from motionaura_jax.nn import lora as lora_lib
 from motionaura_jax.train import inpaint, t2v_data
 from tests.stage_fixtures import inpaint_config, save_initial_checkpoint, t2v_config
@@ -177,3 +180,37 @@ def test_digit_head_base_trains_on_per_digit_logits(base_run, tmp_path):
     frozen = nn.unbox(stage.frozen)
     loss, metrics = jax.eval_shape(stage.loss, params, frozen, batch, key, 0)
     assert loss.shape == () and "masked_accuracy" in metrics
+
+
+def test_given_cells_decode_from_their_own_codes_not_the_vocabulary(inpaint_run):
+    # The base predicts ids of its vocabulary (the codes of its 8-clip cache); the cells
+    # outside the hole are given, so they decode from E(V)'s exact codes.
+    pipe = pipelines.Inpainter.from_workdir(inpaint_run)
+    tok, tok_params = pipe.parts.tokenizer, pipe._tokenizer
+    ex = _clip()
+    clip, mask = ex["video"][None].astype(np.float32), ex["mask"]
+    grid = tok.token_grid(*clip.shape[1:4])
+    hole = inpaint_data.hole_tokens(
+        mask[None], grid, tok.model.temporal_factor, tok.model.spatial_factor
+    )
+    codes = np.asarray(tok.raw.encode(tok_params, clip))
+    lossy = np.asarray(tok.ids_to_codes(tok.codes_to_ids(codes))) != codes
+    assert (lossy & ~hole).any()  # some given code is not in the vocabulary
+    text_emb, text_mask = pipe.parts.text.embed(["a red object moves left"])
+    fn = pipe._fn(*sampling.run_settings(pipe.config.eval))
+    tokens, hat = fn(
+        pipe.trainable,
+        pipe._base,
+        tok_params,
+        pipe._sketch,
+        clip,
+        clip * (1.0 - mask[None, ..., None]),
+        jnp.asarray(hole),
+        prepare_sketch(ex["sketch"], pipe.parts.sketch.image_size)[None],
+        text_emb,
+        text_mask,
+        np.full((1,), pipe.fps, np.float32),
+        jax.random.PRNGKey(0),
+    )
+    want = np.where(hole, np.asarray(tok.ids_to_codes(tokens)), codes)
+    np.testing.assert_allclose(hat, tok.raw.decode(tok_params, jnp.asarray(want)), atol=1e-5)

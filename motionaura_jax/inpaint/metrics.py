@@ -7,15 +7,15 @@
   the model's decoded clip *before* compositing and the input. (After compositing those
   pixels are the input's exactly, so the PSNR would be infinite and say nothing.)
   `reference_psnr_outside_mask` is the same for the tokenizer's own reconstruction
-  D(E(V)) of the clip: the best any denoiser can do through this tokenizer. With a t2v
-  vocabulary (`tokens.vocabulary`) E(V)'s codes go through it, as the denoiser's tokens
-  do: on the session-20 main-job tokenizer and 64 eval clips, 33.21 dB outside the hole
-  through its 2,048 codes against 33.39 dB for the full codebook (32.30 dB through 512;
-  session 23). Both are means over clips of each clip's PSNR; `psnr_outside_gap_db` is
-  their difference and `psnr_outside_gap_db_median` the median over clips of each clip's
-  gap: clips that the tokenizer reconstructs almost perfectly lose the most dB to a small
-  error, so a few of them carry the mean (DESIGN D10 note; configs/inpaint.py has the
-  numbers).
+  D(E(V)) of the clip, every code kept: the best any denoiser can do through this
+  tokenizer. (The given cells of an inpainted clip decode from E(V)'s own codes too, not
+  from the nearest codes of the denoiser's vocabulary, `tokens.vocabulary`; through the
+  vocabulary the session-23 main job's tokenizer read 31.77 dB outside the hole on the 64
+  eval clips with 512 codes, against 32.68 dB with every code.) Both are means over
+  clips of each clip's PSNR; `psnr_outside_gap_db` is their difference and
+  `psnr_outside_gap_db_median` the median over clips of each clip's gap: clips that the
+  tokenizer reconstructs almost perfectly lose the most dB to a small error, so a few of
+  them carry the mean (DESIGN D10 note; configs/inpaint.py has the numbers).
 * `reference_inpaint_shape` / `_color`: the oracle's reading of that reconstruction
   composited into the hole, the ceiling of `inpaint_shape` / `_color` (a tokenizer that
   rounds crosses into diamonds caps the shape score however good the denoiser is).

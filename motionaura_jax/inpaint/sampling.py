@@ -114,7 +114,8 @@ def make_inpaint_fn(
     ):
         with nn.logical_axis_rules(TRANSFORMER_RULES):
             params = merge_params(trainable, base)
-            z_0 = tokenizer.encode(tokenizer_params, video)
+            codes = tokenizer.raw.encode(tokenizer_params, video)  # E(V), every code
+            z_0 = tokenizer.codes_to_ids(codes)
             z_m = tokenizer.encode(tokenizer_params, masked_video)
             feats = sketch.features(sketch_params, sketch_img)
             fn = guided_inpaint_logits(
@@ -124,6 +125,12 @@ def make_inpaint_fn(
             tokens = sampling.SAMPLERS[sampler](
                 rng, fn, z_0.shape, mask_id, steps, **kwargs, **fixed
             )
-            return tokens, tokenizer.decode(tokenizer_params, tokens)
+            out_codes = tokenizer.ids_to_codes(tokens)
+            if known_outside:
+                # The given cells decode from E(V)'s own codes, not the nearest codes of
+                # the denoiser's vocabulary (`tokens.vocabulary`): outside the hole the
+                # clip is the tokenizer's full reconstruction.
+                out_codes = jnp.where(hole, out_codes, codes)
+            return tokens, tokenizer.raw.decode(tokenizer_params, out_codes)
 
     return jax.jit(run)

@@ -259,7 +259,9 @@ class _Evaluator:
             sampler_kwargs=sampling.sampler_kwargs(ev, ev.sampler, ev.temperature),
             guide_sketch=bool(ev.get("guide_sketch", False)),
         )
-        self.roundtrip = jax.jit(lambda p, v: tok.decode(p, tok.encode(p, v)))
+        # The reference: D(E(V)) with every code (the given cells' codes are E(V)'s own).
+        raw = tok.raw
+        self.roundtrip = jax.jit(lambda p, v: raw.decode(p, raw.encode(p, v)))
 
     def __call__(self, params: PyTree, frozen: PyTree) -> dict[str, float]:
         if not self.examples:

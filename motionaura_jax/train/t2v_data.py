@@ -116,6 +116,12 @@ class FrozenTokenizer:
             return self.vocabulary.to_ids(codes)
         return codes.astype(jnp.int32)
 
+    def ids_to_codes(self, ids: jax.Array) -> jax.Array:
+        """This tokenizer's token ids -> tokenizer codes (the kept code of each id)."""
+        if self.vocabulary is not None:
+            return self.vocabulary.to_codes(ids)
+        return ids.astype(jnp.int32)
+
     def decoder_inputs(self) -> np.ndarray:
         """(K, d) the decoder's input for every code."""
         return self._per_code(lambda q, i: q.embed(i), np.arange(self.model.codebook_size))
@@ -151,9 +157,8 @@ class FrozenTokenizer:
 
     def decode(self, params: PyTree, tokens_bnhw: jax.Array) -> jax.Array:
         """(B, n, h, w) token ids -> (B, T, H, W, 3) float32 in [-1, 1] (pure, jittable)."""
-        if self.vocabulary is not None:
-            tokens_bnhw = self.vocabulary.to_codes(tokens_bnhw)
-        video = self.model.apply({"params": params}, tokens_bnhw, method=VideoTokenizer.decode)
+        codes = self.ids_to_codes(tokens_bnhw)
+        video = self.model.apply({"params": params}, codes, method=VideoTokenizer.decode)
         return jnp.clip(video.astype(jnp.float32), -1.0, 1.0)
 
     def boxed_params(self) -> PyTree:
