@@ -8,10 +8,8 @@
   pixels are the input's exactly, so the PSNR would be infinite and say nothing.)
   `reference_psnr_outside_mask` is the same for the tokenizer's own reconstruction
   D(E(V)) of the clip, every code kept: the best any denoiser can do through this
-  tokenizer. (The given cells of an inpainted clip decode from E(V)'s own codes too, not
-  from the nearest codes of the denoiser's vocabulary, `tokens.vocabulary`; through the
-  vocabulary the session-23 main job's tokenizer read 31.77 dB outside the hole on the 64
-  eval clips with 512 codes, against 32.68 dB with every code.) Both are means over
+  tokenizer (the given cells of an inpainted clip decode from E(V)'s own codes too, not
+  through the denoiser's vocabulary; DESIGN D10 note). Both are means over
   clips of each clip's PSNR; `psnr_outside_gap_db` is their difference and
   `psnr_outside_gap_db_median` the median over clips of each clip's gap: clips that the
   tokenizer reconstructs almost perfectly lose the most dB to a small error, so a few of
