@@ -208,7 +208,7 @@ def _toy() -> ml_collections.ConfigDict:
     # trains) stalled near 18.5 dB train PSNR from step 400 to 1,000, where this config
     # climbs to 22.0 dB; stopped there.
     c.train.update(
-        num_steps=6000, batch_size=8, log_every=100, checkpoint_every=1000, max_seconds=600.0
+        num_steps=7500, batch_size=8, log_every=100, checkpoint_every=1000, max_seconds=600.0
     )
     # No FSQ commitment term (D4 keeps 0.25 for `paper`; the FSQ paper has none: rounding
     # a bounded latent needs no codebook pull). Session 8, 6,000 steps, 256 held-out clips:

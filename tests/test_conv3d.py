@@ -110,6 +110,58 @@ def test_conv_impls_agree_fwd_and_grad():
     assert conv3d.default_conv_impl() == ("frames2d" if jax.default_backend() == "cpu" else "xla3d")
 
 
+@pytest.mark.parametrize("impl", conv3d.CONV_IMPLS)
+def test_upsample_2x_conv_equals_conv_of_the_nearest_upsampled_input(impl):
+    # The phase form (2 x 2 kernels on the low-resolution grid) against the numpy conv of
+    # the explicitly upsampled input, values and gradients, odd H and W, same params.
+    x = jax.random.normal(KEY, (2, 5, 3, 5, 3))
+    up = conv3d.CausalConv3D(4, impl=impl, upsample_2x=True)
+    plain = conv3d.CausalConv3D(4, impl=impl)
+    params = up.init(KEY, x)
+    x_up = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+    k = np.asarray(nn.unbox(params)["params"]["kernel"], np.float64)
+    ref = _numpy_causal_conv(np.asarray(x_up, np.float64), k, (1, 1, 1))
+    y = up.apply(params, x)
+    assert y.shape == (2, 5, 6, 10, 4)
+    np.testing.assert_allclose(y - nn.unbox(params)["params"]["bias"], ref, rtol=1e-4, atol=1e-4)
+    g_up = jax.grad(lambda p, x: jnp.sum(jnp.sin(up.apply(p, x))), argnums=(0, 1))(params, x)
+    g_plain = jax.grad(
+        lambda p, x: jnp.sum(jnp.sin(plain.apply(p, jnp.repeat(jnp.repeat(x, 2, 2), 2, 3)))),
+        argnums=(0, 1),
+    )(params, x)
+    for a, b in zip(jax.tree.leaves(g_up), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="stride 1"):
+        conv3d.CausalConv3D(4, strides=(1, 2, 2), upsample_2x=True).init(KEY, x)
+    with pytest.raises(ValueError, match="3 x 3 spatial kernel"):
+        conv3d.CausalConv3D(4, (3, 1, 3), upsample_2x=True).init(KEY, x)
+
+
+def test_matmul_forms_of_the_conv_equal_frames2d():
+    x = jax.random.normal(KEY, (2, 7, 6, 4, 3))
+    k = jax.random.normal(KEY, (3, 2, 3, 3, 4))
+    for strides, pads in (((1, 1, 1), ((1, 0), (1, 1))), ((2, 2, 1), ((0, 1), (1, 1)))):
+        np.testing.assert_allclose(
+            conv3d.conv_im2col(x, k, strides, pads),
+            conv3d.conv_frames2d(x, k, strides, pads),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+    k = jax.random.normal(KEY, (1, 3, 2, 3, 4))  # non-overlapping 3 x 2 patches
+    np.testing.assert_allclose(
+        conv3d.conv_patchify(x, k),
+        conv3d.conv_frames2d(x, k, (1, 3, 2), ((0, 0), (0, 0))),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    # CausalConv3D takes the patch form for kernel == stride (the toy's stem).
+    layer = conv3d.CausalConv3D(4, (1, 2, 2), (1, 2, 2), use_bias=False)
+    params = layer.init(KEY, x)
+    kernel = np.asarray(nn.unbox(params)["params"]["kernel"], np.float64)
+    ref = _numpy_causal_conv(np.asarray(x, np.float64), kernel, (1, 2, 2))
+    np.testing.assert_allclose(layer.apply(params, x), ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("impl", conv3d.TRANSPOSE_IMPLS)
 @pytest.mark.parametrize(
     "kernel,strides",
@@ -206,8 +258,9 @@ def test_every_param_has_logical_names():
 def test_streaming_cache_equals_full_clip():
     layer = conv3d.MBConv3D(4, 2, depthwise_impl="shifted")
     down = conv3d.CausalConv3D(4, (3, 3, 3), (2, 1, 1))
+    up = conv3d.CausalConv3D(4, upsample_2x=True)
     x = jax.random.normal(KEY, (1, 9, 4, 4, 4))
-    for mod in (layer, down):
+    for mod in (layer, down, up):
         p = jax.jit(mod.init)(KEY, x)
         full = jax.jit(mod.apply)(p, x)
         stream = jax.jit(lambda v, x, mod=mod: mod.apply(v, x, mutable=["cache"]))

@@ -9,6 +9,8 @@ Prints one JSON object:
     naive grouped convolution;
   transpose: the same for the toy decoder's last layer, a (1, 8, 8) stride-4 transposed
     conv: XLA's `conv_transpose` against the sub-pixel form (`conv3d.py`);
+  upsample: the same for the toy decoder's spatial upsampler, nearest 2x then a 3x3x3
+    conv, against its phase form (`CausalConv3D(upsample_2x=True)`);
   train_<size>: clips/s of one AdamW step of the tokenizer stage loss (masking, MFI,
     quantizer) at that config's model, with the clip shape and batch used (paper widths on
     CPU at a reduced clip and batch; compile time reported separately). `toy_old` is the
@@ -84,6 +86,22 @@ def bench_transpose(repeats: int) -> dict:
     return _compare_impls(fns, (params["params"], x), chosen, "xla", shape, repeats)
 
 
+def bench_upsample(repeats: int) -> dict:
+    """The toy decoder's spatial upsampler conv: nearest 2x then a causal 3x3x3 conv,
+    48 -> 64 channels, as written (`nearest`) against its phase form on the low-resolution
+    grid (`CausalConv3D(upsample_2x=True)`, `phase`), same parameters."""
+    x = jax.random.normal(jax.random.key(0), (8, 5, 8, 8, 48))
+    phase = conv3d.CausalConv3D(64, upsample_2x=True)
+    plain = conv3d.CausalConv3D(64)
+    fns = {
+        "nearest": lambda p, x: plain.apply({"params": p}, jnp.repeat(jnp.repeat(x, 2, 2), 2, 3)),
+        "phase": lambda p, x: phase.apply({"params": p}, x),
+    }
+    params = nn.unbox(phase.init(jax.random.key(1), x))
+    shape = "B=8, 5x8x8x48 -> 5x16x16x64, fwd+bwd"
+    return _compare_impls(fns, (params["params"], x), "phase", "nearest", shape, repeats)
+
+
 # The toy as first committed (129a689), for the before/after ratio.
 OLD_TOY_MODEL = dict(
     stem_width=16,
@@ -154,7 +172,9 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
     parser.add_argument("--paper_clip", default="5x32x1", help="frames x size x batch for paper")
-    parser.add_argument("--skip_depthwise", action="store_true", help="and the transpose bench")
+    parser.add_argument(
+        "--skip_depthwise", action="store_true", help="and the transpose and upsample benches"
+    )
     parser.add_argument(
         "--paper_depthwise", default="", help="'' (per backend), grouped or shifted"
     )
@@ -163,6 +183,7 @@ def main() -> None:
     if not args.skip_depthwise:
         report["depthwise"] = bench_depthwise(repeats=2)
         report["transpose"] = bench_transpose(repeats=5)
+        report["upsample"] = bench_upsample(repeats=10)
     for size in args.sizes.split(","):
         if size in ("toy", "toy_old"):
             toy = tok_config.get_config("toy")

@@ -104,6 +104,46 @@ def conv_frames2d(
     return out.reshape(b, t_out, *out.shape[1:])
 
 
+def conv_im2col(
+    x_padded: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    spatial_pads: Sequence[tuple[int, int]],
+) -> jax.Array:
+    """The same conv as `conv_frames2d` as one matmul: every kernel tap's (strided) window
+    gathered into channels, (B, T', H', W', kt * kh * kw * Cin) @ (kt * kh * kw * Cin, Cout).
+    On XLA CPU it runs the 2 x 2 kernels of `nearest2x_phase_kernel` 2.5x faster fwd+bwd
+    than the 2D convs, whose kernel gradient takes a slow generic path for them (410 against
+    21 ms at the toy decoder's shape, session 24); for 3 x 3 kernels it is no faster."""
+    kt, kh, kw, _, cout = kernel.shape
+    st, sh, sw = strides
+    x = jnp.pad(x_padded, ((0, 0), (0, 0), *spatial_pads, (0, 0)))
+    _, tp, h, w, _ = x.shape
+    t_out, h_out, w_out = (tp - kt) // st + 1, (h - kh) // sh + 1, (w - kw) // sw + 1
+    taps = [
+        x[
+            :,
+            a : a + st * (t_out - 1) + 1 : st,
+            i : i + sh * (h_out - 1) + 1 : sh,
+            j : j + sw * (w_out - 1) + 1 : sw,
+        ]
+        for a in range(kt)
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.concatenate(taps, axis=-1) @ kernel.reshape(-1, cout)
+
+
+def conv_patchify(x_bthwc: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A (1, p, q) conv with stride (1, p, q) and no padding (the toy's patchify stem) as
+    space-to-depth and one matmul: (B, T, H/p, W/q, p * q * Cin) @ (p * q * Cin, Cout).
+    Exact; on XLA CPU the strided conv over 3 input channels is the slow part of the stem."""
+    _, p, q, cin, cout = kernel.shape
+    b, t, h, w, _ = x_bthwc.shape
+    x = x_bthwc.reshape(b, t, h // p, p, w // q, q, cin).transpose(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(b, t, h // p, w // q, p * q * cin) @ kernel.reshape(p * q * cin, cout)
+
+
 def default_transpose_impl() -> str:
     """`'subpixel'` on CPU, where the kernel gradient of `lax.conv_transpose` takes XLA's
     slow generic path (about half of the toy tokenizer's train step, session 5); `'xla'`
@@ -151,6 +191,41 @@ def conv_transpose_subpixel(
     return y.reshape(b, h * sh, wd * sw, cout)
 
 
+def _nearest2x_taps(kernel: jax.Array, axis: int) -> jax.Array:
+    """The 3 taps along `axis` -> (2 phases, ..., 2 taps there, ...). Nearest 2x upsampling
+    then a 3-tap 'SAME' conv: output 2m + r reads upsampled rows 2m + r - 1 .. 2m + r + 1,
+    i.e. low-resolution rows m - 1 + r and m + r, with taps (k0, k1 + k2) for r = 0 and
+    (k0 + k1, k2) for r = 1."""
+    k0, k1, k2 = (jnp.take(kernel, i, axis=axis) for i in range(3))
+    return jnp.stack([jnp.stack([k0, k1 + k2], axis), jnp.stack([k0 + k1, k2], axis)])
+
+
+def nearest2x_phase_kernel(kernel: jax.Array) -> jax.Array:
+    """(kt, 3, 3, Cin, Cout) -> (kt, 2, 2, Cin, 4 * Cout), output channels ordered
+    (row phase, column phase, Cout): the 2 x 2 low-resolution kernels of each output
+    phase of `conv(nearest_upsample_2x(x), kernel)` (see `interleave_nearest2x_phases`)."""
+    if kernel.shape[1:3] != (3, 3):
+        raise ValueError(
+            f"the nearest-2x phase form needs a 3 x 3 spatial kernel, got {kernel.shape}"
+        )
+    kt, _, _, cin, cout = kernel.shape
+    w = _nearest2x_taps(_nearest2x_taps(kernel, 1), 3)  # (q, p, kt, 2, 2, Cin, Cout)
+    return w.transpose(2, 3, 4, 5, 1, 0, 6).reshape(kt, 2, 2, cin, 4 * cout)
+
+
+def interleave_nearest2x_phases(y: jax.Array, h: int, w: int) -> jax.Array:
+    """(B, T, h + 1, w + 1, 4 * C) phase outputs of a VALID 2 x 2 conv on the 1-padded
+    low-resolution grid -> (B, T, 2h, 2w, C). Window j covers low rows j - 1 and j, which
+    is phase 0 of output row j and phase 1 of output row j - 1: out[2m + r] = y[m + r, r]."""
+    b, t = y.shape[:2]
+    y = y.reshape(b, t, h + 1, w + 1, 2, 2, -1)
+    rows = [
+        jnp.stack([y[:, :, r : r + h, q : q + w, r, q] for q in (0, 1)], axis=4) for r in (0, 1)
+    ]
+    out = jnp.stack(rows, axis=3)  # (B, T, h, 2, w, 2, C)
+    return out.reshape(b, t, 2 * h, 2 * w, out.shape[-1])
+
+
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
@@ -186,6 +261,13 @@ class CausalConv3D(nn.Module):
 
     Input (B, T, H, W, Cin) -> (B, T', H / s_h, W / s_w, features) with
     T' = (T - 1) // s_t + 1 (first chunk) for temporal kernel 3 and stride s_t in {1, 2}.
+
+    `upsample_2x=True` convolves the input upsampled 2x in H and W (nearest neighbour) with
+    the same (kt, 3, 3) kernel, without making it: each of the four output phases is a
+    2 x 2 conv on the low-resolution grid (`nearest2x_phase_kernel`), so the conv does
+    16 / 36 of the multiply-adds per low-resolution pixel (about 1.8x fewer on an 8 x 8
+    grid once the one-pixel border is counted) and the 4x input is never stored. Same
+    parameters and, up to float rounding, the same outputs as upsampling first.
     """
 
     features: int
@@ -196,6 +278,7 @@ class CausalConv3D(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
     impl: str | None = None  # 'xla3d' | 'frames2d' | None = per backend (default_conv_impl)
+    upsample_2x: bool = False  # conv of the nearest 2x upsampled input (stride 1 only)
 
     @nn.compact
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
@@ -217,17 +300,30 @@ class CausalConv3D(nn.Module):
         )
         x = causal_front(self, x_bthwc.astype(self.dtype), kt - 1, max(kt - st, 0))
         _, _, h, w, _ = x.shape
-        pads = (_same_pads(h, kh, sh), _same_pads(w, kw, sw))
-        if impl == "frames2d":
-            y = conv_frames2d(x, kernel.astype(self.dtype), (st, sh, sw), pads)
+        kernel = kernel.astype(self.dtype)
+        if self.upsample_2x:
+            if (sh, sw) != (1, 1):
+                raise ValueError(f"upsample_2x needs spatial stride 1, got {self.strides}")
+            kernel, pads = nearest2x_phase_kernel(kernel), ((1, 1), (1, 1))
+        else:
+            pads = (_same_pads(h, kh, sh), _same_pads(w, kw, sw))
+        patches = kt == st == 1 and (kh, kw) == (sh, sw) and pads == ((0, 0), (0, 0))
+        if patches and not self.upsample_2x:
+            y = conv_patchify(x, kernel)  # non-overlapping windows (incl. 1x1x1): one matmul
+        elif impl == "frames2d" and self.upsample_2x:
+            y = conv_im2col(x, kernel, (st, sh, sw), pads)  # 2 x 2 kernels: see conv_im2col
+        elif impl == "frames2d":
+            y = conv_frames2d(x, kernel, (st, sh, sw), pads)
         else:
             y = lax.conv_general_dilated(
                 x,
-                kernel.astype(self.dtype),
+                kernel,
                 window_strides=(st, sh, sw),
                 padding=((0, 0), *pads),
                 dimension_numbers=_DIMS,
             )
+        if self.upsample_2x:
+            y = interleave_nearest2x_phases(y, h, w)
         if self.use_bias:
             bias = self.param(
                 "bias",

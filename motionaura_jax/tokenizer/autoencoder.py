@@ -97,11 +97,14 @@ class Upsample3D(nn.Module):
     @nn.compact
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
         x = nn.silu(FrameGroupNorm(dtype=self.dtype, name="norm")(x_bthwc))
-        if self.spatial:
-            x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
         mult = 2 if self.temporal else 1
         x = CausalConv3D(
-            self.features * mult, (3, 3, 3), dtype=self.dtype, impl=self.conv_impl, name="conv"
+            self.features * mult,
+            (3, 3, 3),
+            dtype=self.dtype,
+            impl=self.conv_impl,
+            upsample_2x=self.spatial,  # the nearest 2x in space, inside the conv
+            name="conv",
         )(x)
         if not self.temporal:
             return x
