@@ -160,9 +160,13 @@ def _toy() -> ml_collections.ConfigDict:
         spatial_down=(True, False),
     )
     c.optimizer.update(lr=5e-3, warmup_steps=50, weight_decay=0.0, clip_norm=1.0, end_lr_ratio=0.05)
-    # 6,000 steps fill the 10-minute budget at ~11 steps/s. The toy is short of training
-    # clips, not of capacity (session 7, 256 held-out clips): 3,600 steps gave 26.84 dB and
-    # an oracle shape reading of 0.62 on its reconstructions, 7,200 steps 28.16 dB and 0.73.
+    # 7,500 steps: about what the 10-minute cap allows on the usual machine type since the
+    # decoder's upsampler runs in phase form (1.2x the step rate, DESIGN §7; 6,000 before).
+    # On slower machines the cap stops it first: session 24 (middle type, 8.0 steps/s in the
+    # loop) 4,844 steps, 27.49 dB, usage 21.6%, oracle shape 0.71. The toy is short of
+    # training clips, not of capacity (session 7, 256 held-out clips): 3,600 steps gave
+    # 26.84 dB and an oracle shape reading of 0.62 on its reconstructions, 7,200 steps
+    # 28.16 dB and 0.73.
     # Narrower widths do not buy more than they cost (session 17, slow machine type, 256
     # held-out clips). At equal steps (24, 36, 48) trains as (32, 48, 64) does and
     # (16, 24, 32) about 10% worse (reconstruction MSE 0.0145 / 0.0143 / 0.0158 at step

@@ -82,7 +82,8 @@ class Downsample3D(nn.Module):
 
 
 class Upsample3D(nn.Module):
-    """norm -> SiLU -> nearest 2x in space -> causal 3x3x3 conv; if `temporal`, the conv
+    """norm -> SiLU -> nearest 2x in space -> causal 3x3x3 conv (the two fused: the conv
+    runs on the low-resolution grid, `CausalConv3D(upsample_2x=True)`); if `temporal`, the conv
     makes 2x channels that become 2 frames each (depth-to-time) and the first frame is
     dropped, so 1 + m -> 1 + 2m frames and output frame t sees latent frames <= ceil(t/2).
     In streaming mode only the first chunk drops a frame (m -> 2m afterwards).
