@@ -244,6 +244,8 @@ def _masked(c: ml_collections.ConfigDict, base: str) -> None:
 def _paper() -> ml_collections.ConfigDict:
     c = _common()
     c.data = arrayrecord_config()  # tools/videos_to_arrayrecord.py shards
+    # Memory (DESIGN D11 note): 8 clips of 33 x 256^2 per GPU in fp32 do not fit an 80 GB
+    # A100 by `tools/tokenizer_memory.py` (remat's saved residuals alone 64.5 GiB a device).
     # D.2: (frames, resolution, per-GPU batch) buckets at 40/10/25/25 %, as 1 + 4k frames;
     # bucket batch = per-GPU batch x 32 GPUs x 8 accumulation steps (global per update).
     c.data.buckets = (
