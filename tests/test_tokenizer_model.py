@@ -1,6 +1,8 @@
 """VideoTokenizer: shapes, causality, errors, parameter budget, chunked long-video path."""
 
 import functools
+import importlib
+import os
 
 import jax
 import jax.numpy as jnp
@@ -178,3 +180,13 @@ def test_mfi_head_gradient_is_finite_on_a_constant_latent():
     params = head.init(KEY, z)
     grad = jax.grad(lambda x: head.apply(params, x).sum())(z)
     assert bool(jnp.isfinite(grad).all())
+
+
+def test_memory_tool_counts_fewer_saved_residuals_under_remat(monkeypatch):
+    # tools/tokenizer_memory.py adds 32 fake devices to XLA_FLAGS on import: keep that local.
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    tool = importlib.import_module("tools.tokenizer_memory")
+    with_remat = tool.saved_for_backward_per_clip(5, 32, "grouped", True, "float32")
+    without = tool.saved_for_backward_per_clip(5, 32, "grouped", False, "float32")
+    clip_bytes = 5 * 32 * 32 * 3 * 4
+    assert clip_bytes < with_remat < without / 10
