@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from motionaura_jax.data import pipeline
+from motionaura_jax.data.shapes import ShapesSource
 from motionaura_jax.train import t2v, t2v_data
 from tests.stage_fixtures import T2V, TINY_T2V, t2v_config
 from tools import tokenize_dataset
@@ -104,3 +105,36 @@ def test_iterator_resumes_exactly(written):
     # ... and the first epoch (3 batches) holds every row exactly once.
     seen = np.concatenate([b["tokens"] for b in first[:3]])
     assert sorted(map(bytes, seen)) == sorted(map(bytes, cache.arrays["tokens"]))
+
+
+def test_cache_holds_each_objects_cells_and_phrase_tokens(written):
+    """What the binding loss reads: the token cells each object touches, and which text
+    tokens belong to which object's phrase."""
+    path, tokenizer, text = written
+    data = t2v_config().data
+    cache = t2v_data.TokenCache(path)
+    batch = cache.batch(range(6))
+    grid = tokenizer.token_grid(data.frames, data.height, data.width)
+    model = tokenizer.model
+    source = ShapesSource(data, "train")
+    counts = []
+    for i in range(6):
+        record = source[i]
+        want = t2v_data.mask_cells(
+            record["masks"], grid, model.temporal_factor, model.spatial_factor
+        )
+        np.testing.assert_array_equal(batch["object_cells"][i], want)
+        ids, mask = text.tokenize([record["caption"]])
+        phrases = record["caption"].split(" and ")
+        counts.append(len(phrases))
+        for k, phrase in enumerate(phrases):
+            own = ids[0][batch["phrase_ids"][i] == k + 1]
+            np.testing.assert_array_equal(own, text.tokenizer.token_ids([phrase])[0])
+        # Separators, EOS and padding belong to no phrase.
+        assert (batch["phrase_ids"][i] > 0).sum() == sum(
+            len(text.tokenizer.token_ids([p])[0]) for p in phrases
+        )
+    assert 2 in counts, counts  # the six clips include a two-object caption
+    assert batch["phrase_ids"].shape == (6, text.max_length)
+    with pytest.raises(ValueError, match="2 phrases"):
+        t2v_data.phrase_ids(text, ["a red circle moves left and a blue star moves up"], [1])

@@ -5,6 +5,7 @@ import os
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -98,6 +99,31 @@ def test_patched_and_unpatched_denoisers_take_a_loss_in_the_stage(base_run):
         frozen = nn.meta.unbox(stage.frozen)
         loss = stage.loss(params, frozen, batch, jax.random.PRNGKey(1), 0)[0]
         assert np.isfinite(float(loss)), patch
+
+
+def test_binding_loss_takes_the_caches_objects_and_refuses_spectral_queries(base_run):
+    """`diffusion.binding_weight`: the stage reads the cache's object cells and phrase ids
+    and adds the loss; with frequency-bin queries (cross_spectral 'real') it refuses."""
+    cache = t2v_data.TokenCache(os.path.join(base_run, "t2v_tokens.npz"))
+    batch = cache.batch([0, 1, 2, 3])
+    config = t2v_config("diffusion.binding_weight=0.5", "eval.num_prompts=0")
+    stage = t2v.build(config, base_run)
+    assert {"object_cells", "phrase_ids"} <= set(stage.device_fields)
+    params = nn.meta.unbox(stage.init(jax.random.PRNGKey(0), batch))
+    loss, metrics = stage.loss(params, nn.meta.unbox(stage.frozen), batch, jax.random.PRNGKey(1), 0)
+    assert 0.0 < float(metrics["binding_loss"]) < 1.0
+    assert float(loss) == pytest.approx(
+        float(metrics["loss"]) + 0.5 * float(metrics["binding_loss"]), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="cross_spectral"):
+        t2v.build(t2v_config("diffusion.binding_weight=0.5", "model.cross_spectral=real"), base_run)
+    with pytest.raises(ValueError, match="lacks"):
+        t2v.check_binding(config, None)
+    # A run saved before the setting existed builds (re-evaluation, resumed main jobs).
+    saved = t2v_config("eval.num_prompts=0").to_dict()
+    del saved["diffusion"]["binding_weight"]
+    stage = t2v.build(ml_collections.ConfigDict(saved), base_run)
+    assert "object_cells" not in stage.device_fields
 
 
 def test_code_features_give_the_denoiser_its_vocabularys_code_vectors(base_run):

@@ -119,17 +119,17 @@ def outline(
     return np.clip(width / 2 + 0.5 - np.abs(sdf_px), 0.0, 1.0)
 
 
-def render_track(
-    shape: str, centers_t2: np.ndarray, radius: float, height: int, width: int
-) -> np.ndarray:
-    """Coverage of one object moving along `centers_t2` (pixels, (T, 2) as x, y).
+def track_patches(
+    shape: str, centers_t2: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coverage of one object moving along `centers_t2` (pixels, (T, 2) as x, y), in a
+    small square patch around it per frame (the object never changes shape, only sub-pixel
+    position), so the cost is independent of the frame size.
 
-    Renders only a small patch around the object per frame (the object never changes
-    shape, only sub-pixel position), so the cost is independent of the frame size.
     Returns:
-      float32 (T, H, W) coverage in [0, 1].
+      (coverage float32 (T, P, P), x0 int (T,), y0 int (T,)): pixel (y0 + i, x0 + j) of
+      frame t has coverage[t, i, j]; the patch may reach past the frame's edges.
     """
-    num_frames = centers_t2.shape[0]
     patch = int(np.ceil(2 * radius)) + 4
     x0 = np.floor(centers_t2[:, 0] - radius - 1.5).astype(np.int64)  # (T,)
     y0 = np.floor(centers_t2[:, 1] - radius - 1.5).astype(np.int64)
@@ -139,15 +139,30 @@ def render_track(
     cov = coverage(
         shape, gx, gy, centers_t2[:, 0, None, None], centers_t2[:, 1, None, None], radius
     )
-    out = np.zeros((num_frames, height, width), np.float32)
-    for t in range(num_frames):
-        ys, xs = (
-            slice(max(y0[t], 0), min(y0[t] + patch, height)),
-            slice(max(x0[t], 0), min(x0[t] + patch, width)),
+    return cov.astype(np.float32), x0, y0
+
+
+def patch_windows(x0: np.ndarray, y0: np.ndarray, patch: int, height: int, width: int):
+    """Per frame t of `track_patches`: (t, frame window, patch window), the slices of the
+    (height, width) frame and of the (P, P) patch where the two overlap."""
+    for t in range(len(x0)):
+        ys = slice(max(y0[t], 0), min(y0[t] + patch, height))
+        xs = slice(max(x0[t], 0), min(x0[t] + patch, width))
+        inner = (
+            slice(ys.start - y0[t], ys.stop - y0[t]),
+            slice(xs.start - x0[t], xs.stop - x0[t]),
         )
-        out[t, ys, xs] = cov[
-            t, ys.start - y0[t] : ys.stop - y0[t], xs.start - x0[t] : xs.stop - x0[t]
-        ]
+        yield t, (ys, xs), inner
+
+
+def render_track(
+    shape: str, centers_t2: np.ndarray, radius: float, height: int, width: int
+) -> np.ndarray:
+    """`track_patches` pasted into whole frames: float32 (T, H, W) coverage in [0, 1]."""
+    cov, x0, y0 = track_patches(shape, centers_t2, radius)
+    out = np.zeros((len(cov), height, width), np.float32)
+    for t, window, inner in patch_windows(x0, y0, cov.shape[-1], height, width):
+        out[t][window] = cov[t][inner]
     return out
 
 

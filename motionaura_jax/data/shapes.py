@@ -284,10 +284,15 @@ class ShapesSource:
         sketch = np.ones((m, h, w, 3), np.float32)
         ids = {k: np.full((m,), -1, np.int32) for k in ("color", "shape", "motion", "speed")}
         for k, (obj, track) in enumerate(zip(objects, tracks, strict=True)):
-            alpha = render.render_track(obj["shape"], track, obj["radius"], h, w)[..., None]
+            # Blend each frame only where the object's patch lies: outside it the coverage
+            # is 0, where the blend returns the pixel exactly.
+            cov, x0, y0 = render.track_patches(obj["shape"], track, obj["radius"])
             color = np.asarray(PALETTE[obj["color"]], np.float32)
-            video = video * (1.0 - alpha) + alpha * color
-            masks[k] = alpha[..., 0] >= 0.5
+            for f, window, inner in render.patch_windows(x0, y0, cov.shape[-1], h, w):
+                alpha = cov[f][inner][..., None]
+                pixels = video[f][window]
+                video[f][window] = pixels * (1.0 - alpha) + alpha * color
+                masks[k, f][window] = alpha[..., 0] >= 0.5
             sketch[k] = self._sketches[obj["shape"]]
             ids["color"][k] = COLORS.index(obj["color"])
             ids["shape"][k] = SHAPES.index(obj["shape"])

@@ -15,6 +15,7 @@ mask-ratio distribution MaskGIT trains with.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from motionaura_jax.denoiser.model import patch_order
+from motionaura_jax.nn.attention import ATTENTION_MAPS
 from motionaura_jax.tokenizer.quantizers import fsq_digits
 
 SCHEDULES = ("cosine", "linear", "square", "cubic", "sqrt")
@@ -77,6 +79,8 @@ class DiffusionConfig:
         non-empty: the loss reads per-digit logits (see `masked_cross_entropy`).
       patch: the denoiser's `patch`; a patched denoiser returns its logits in patch order
         (`grid_order=False`) and the loss puts the targets in the same order.
+      binding_weight: > 0 adds `binding_weight * binding_loss` (ours), which needs the
+        batch's 'object_cells' and 'phrase_ids' (the `shapes` token cache).
     """
 
     vocab_size: int = 12_800
@@ -86,6 +90,7 @@ class DiffusionConfig:
     label_smoothing: float = 0.0
     code_levels: tuple[int, ...] = ()
     patch: tuple[int, ...] = (1, 1, 1)
+    binding_weight: float = 0.0
 
     @property
     def mask_id(self) -> int:
@@ -196,6 +201,65 @@ def masked_cross_entropy(
     return loss, {"loss": loss, "masked_accuracy": acc, "mask_ratio": w.mean()}
 
 
+def attention_maps(intermediates: Any) -> jax.Array:
+    """(B, L, S) the mean over blocks of the cross-attention maps the denoiser sowed
+    (`nn.attention.ATTENTION_MAPS`; scanned blocks sow one (depth, B, L, S) stack)."""
+    leaves = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(intermediates)
+        if any(getattr(key, "key", None) == ATTENTION_MAPS for key in path)
+    ]
+    if not leaves:
+        raise ValueError(
+            "the denoiser sowed no cross-attention maps: the binding loss needs a model "
+            "with cross-attention (text conditioning)"
+        )
+    shape = leaves[0].shape[-3:]
+    return jnp.concatenate([m.reshape(-1, *shape) for m in leaves]).mean(axis=0)
+
+
+def binding_loss(
+    maps: jax.Array,
+    object_cells: jax.Array,
+    phrase_ids: jax.Array,
+    drop_text: jax.Array,
+    patch: tuple[int, ...] = (1, 1, 1),
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """How much of each caption phrase's cross-attention falls outside its object (ours).
+
+    TokenCompose's token loss (Wang et al., 2024) on the latent grid: for object k, a_k(q)
+    is the attention query position q pays to the tokens of phrase k, and the loss is
+    1 - sum_{q in cells_k} a_k(q) / sum_q a_k(q), averaged over the objects of the
+    captioned examples. It tells the positions an object covers to read that object's
+    phrase (its colour, shape and motion), not the other one's.
+
+    Args:
+      maps: (B, L, S) attention of the sequence's rows over the text tokens; the first
+        P rows are the video positions (P = grid size / patch size).
+      object_cells: (B, M, n, h, w) bool, the token cells each object touches.
+      phrase_ids: (B, S) int, k + 1 on phrase k's text tokens, 0 elsewhere.
+      drop_text: (B,) bool; examples whose caption CFG dropped are left out.
+      patch: the denoiser's patch: a position covers an object if any of its cells does.
+    Returns:
+      (loss, {'binding_loss', 'binding_inside'}): the loss and the mean fraction of a
+      phrase's attention inside its object.
+    """
+    b, m = object_cells.shape[:2]
+    cells = patch_order(object_cells.reshape(b * m, *object_cells.shape[2:]), patch)
+    inside = cells.reshape(b, m, -1, math.prod(patch)).any(axis=-1)  # (B, M, P)
+    positions = inside.shape[-1]
+    phrase = (phrase_ids[:, :, None] == jnp.arange(1, m + 1)).astype(jnp.float32)  # (B, S, M)
+    attention = jnp.einsum("bps,bsm->bmp", maps[:, :positions].astype(jnp.float32), phrase)
+    total = attention.sum(axis=-1)
+    fraction = (attention * inside).sum(axis=-1) / jnp.maximum(total, 1e-9)  # (B, M)
+    valid = inside.any(axis=-1) & (phrase.sum(axis=1) > 0) & ~drop_text[:, None]
+    w = valid.astype(jnp.float32)
+    n = jnp.maximum(w.sum(), 1.0)
+    inside_mean = (fraction * w).sum() / n
+    loss = 1.0 - inside_mean
+    return loss, {"binding_loss": loss, "binding_inside": inside_mean}
+
+
 def diffusion_loss(
     apply_fn: Callable[..., jax.Array],
     params: Any,
@@ -227,7 +291,10 @@ def diffusion_loss(
     if tuple(config.patch) != (1, 1, 1):
         options["grid_order"] = False  # the mean over masked tokens ignores their order
         tokens, masked = patch_order(tokens, config.patch), patch_order(masked, config.patch)
-    logits = apply_fn(
+    binding = config.binding_weight > 0
+    if binding:
+        options["mutable"] = ["intermediates"]  # the cross-attention maps
+    out = apply_fn(
         {"params": params},
         z_t,
         t,
@@ -237,6 +304,7 @@ def diffusion_loss(
         drop_text=drop,
         **options,
     )
+    logits, state = out if binding else (out, None)
     loss, metrics = masked_cross_entropy(
         logits,
         tokens.reshape(b, -1),
@@ -244,4 +312,22 @@ def diffusion_loss(
         config.label_smoothing,
         config.code_levels,
     )
-    return loss, {**metrics, "mean_t": t.mean()}
+    metrics["mean_t"] = t.mean()
+    if binding:
+        for key in ("object_cells", "phrase_ids"):
+            if key not in batch:
+                raise ValueError(
+                    f"diffusion.binding_weight={config.binding_weight} needs batch[{key!r}] "
+                    "(a token cache written from `shapes` clips by this version); rebuild "
+                    "the cache or set --config.diffusion.binding_weight=0"
+                )
+        bind, bind_metrics = binding_loss(
+            attention_maps(state["intermediates"]),
+            batch["object_cells"],
+            batch["phrase_ids"],
+            drop,
+            tuple(config.patch),
+        )
+        loss = loss + config.binding_weight * bind
+        metrics.update(bind_metrics)
+    return loss, metrics

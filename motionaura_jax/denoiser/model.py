@@ -539,7 +539,7 @@ class SpectralTransformer(nn.Module):
         if self.scan_layers:
             scanned = nn.scan(
                 block,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "intermediates": 0},  # sown attention maps
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast,) * 4,
                 length=self.depth,

@@ -91,19 +91,8 @@ def make_example(
     }
 
 
-def hole_tokens(
-    mask_bthw: np.ndarray, grid: tuple[int, int, int], temporal_factor: int, spatial_factor: int
-) -> np.ndarray:
-    """Latent cells that touch the mask: (B, T, H, W) -> bool (B, n, h, w)."""
-    mask = np.asarray(mask_bthw, bool)
-    b, t, h, w = mask.shape
-    n, gh, gw = grid
-    if ((t - 1) // temporal_factor + 1, h // spatial_factor, w // spatial_factor) != (n, gh, gw):
-        raise ValueError(f"mask {mask.shape[1:]} does not map onto the token grid {grid}")
-    spatial = mask.reshape(b, t, gh, spatial_factor, gw, spatial_factor).any(axis=(3, 5))
-    first = spatial[:, :1]  # latent frame 0 <- frame 0 (causal, D2)
-    rest = spatial[:, 1:].reshape(b, n - 1, temporal_factor, gh, gw).any(axis=2)
-    return np.concatenate([first, rest], axis=1)
+# Latent cells that touch the hole: (B, T, H, W) -> bool (B, n, h, w).
+hole_tokens = t2v_data.mask_cells
 
 
 def composite(video: np.ndarray, generated: np.ndarray, mask: np.ndarray) -> np.ndarray:

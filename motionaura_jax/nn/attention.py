@@ -166,6 +166,23 @@ def apply_rope(x_blhk: jax.Array, angles_lp: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(dtype)
 
 
+# Name of the cross-attention maps a `SpectralAttention` sows into 'intermediates' when
+# the caller makes that collection mutable (the binding loss, denoiser/diffusion.py).
+ATTENTION_MAPS = "cross_attention_map"
+
+
+def cross_attention_map(
+    q_blhk: jax.Array, k_bshk: jax.Array, mask_bs: jax.Array | None
+) -> jax.Array:
+    """(B, L, S) float32 softmax attention of each query over the keys, mean over heads:
+    the weights `jax.nn.dot_product_attention` applies, which it does not return."""
+    scale = q_blhk.shape[-1] ** -0.5
+    logits = jnp.einsum("blhk,bshk->bhls", q_blhk, k_bshk).astype(jnp.float32) * scale
+    if mask_bs is not None:
+        logits = jnp.where(mask_bs[:, None, None, :], logits, -1e30)
+    return jax.nn.softmax(logits, axis=-1).mean(axis=1)
+
+
 class SpectralAttention(nn.Module):
     """Multi-head attention in the frequency domain (Eq. 2 for self, Eq. 4 for cross).
 
@@ -252,6 +269,8 @@ class SpectralAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         mask = None if context_mask is None else context_mask[:, None, None, :]
+        if context is not None and self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", ATTENTION_MAPS, cross_attention_map(q, k, context_mask))
         out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         out = nn.with_logical_constraint(out, qkv_names)
         out = Projection(

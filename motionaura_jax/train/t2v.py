@@ -311,6 +311,26 @@ class _Evaluator:
         return score_clips(recon, self.captions, self.config.data, prefix="reference_")
 
 
+def check_binding(config: ml_collections.ConfigDict, cache: t2v_data.TokenCache | None) -> None:
+    """Raises ValueError unless the binding loss (`diffusion.binding_weight`) can run:
+    cached tokens with object cells, and cross-attention whose queries are positions."""
+    weight = config.diffusion.binding_weight
+    cross = config.model.cross_spectral or config.model.spectral
+    if cross != "none":
+        raise ValueError(
+            f"diffusion.binding_weight={weight} reads each position's attention over the "
+            f"caption, but model.cross_spectral={cross!r} makes the queries frequency bins; "
+            "set --config.model.cross_spectral=none or the weight to 0"
+        )
+    if cache is None or not cache.has_objects:
+        where = "tokens.source='online'" if cache is None else f"the cache {cache.path!r}"
+        raise ValueError(
+            f"diffusion.binding_weight={weight} needs each clip's object cells and phrase "
+            f"ids, which {where} lacks: use a token cache written from `shapes` clips by "
+            "this version (delete the old one to rebuild it), or set the weight to 0"
+        )
+
+
 def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stage:
     """The `t2v` stage (see the module docstring)."""
     if config.tokens.source not in TOKEN_SOURCES:
@@ -340,8 +360,12 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
         )
         frozen["text"] = t2v_data.rebox(abstract, text.params, f"text encoder {text.name}")
 
+    binding = config.diffusion.get("binding_weight", 0.0) > 0  # absent: saved before it
+    if binding:
+        check_binding(config, cache)
     if use_cache:
         fields = ("tokens", "text_emb", "text_mask", "fps")
+        fields += ("object_cells", "phrase_ids") if binding else ()
     elif online_text:
         fields = ("video", "text_ids", "text_mask", "fps")
     else:
@@ -372,12 +396,16 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
             text_emb = batch["text_emb"]
         else:
             text_emb = text.encode(frozen["text"], batch["text_ids"], batch["text_mask"])
-        return {
+        out = {
             "tokens": tokens.astype(jnp.int32),
             "text": jax.lax.stop_gradient(text_emb.astype(jnp.float32)),
             "text_mask": batch["text_mask"].astype(bool),
             "fps": batch["fps"].astype(jnp.float32),
         }
+        if binding:
+            out["object_cells"] = batch["object_cells"].astype(bool)
+            out["phrase_ids"] = batch["phrase_ids"].astype(jnp.int32)
+        return out
 
     def init(rng: jax.Array, batch: dict) -> PyTree:
         b = batch["text_mask"].shape[0]

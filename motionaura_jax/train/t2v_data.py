@@ -300,6 +300,57 @@ def _provenance(tokenizer: FrozenTokenizer, text: TextEncoder) -> dict:
     }
 
 
+def mask_cells(
+    mask_bthw: np.ndarray, grid: tuple[int, int, int], temporal_factor: int, spatial_factor: int
+) -> np.ndarray:
+    """Latent cells that touch a pixel mask: (B, T, H, W) -> bool (B, n, h, w)."""
+    mask = np.asarray(mask_bthw, bool)
+    b, t, h, w = mask.shape
+    n, gh, gw = grid
+    if ((t - 1) // temporal_factor + 1, h // spatial_factor, w // spatial_factor) != (n, gh, gw):
+        raise ValueError(f"mask {mask.shape[1:]} does not map onto the token grid {grid}")
+    spatial = mask.reshape(b, t, gh, spatial_factor, gw, spatial_factor).any(axis=(3, 5))
+    first = spatial[:, :1]  # latent frame 0 <- frame 0 (causal, D2)
+    rest = spatial[:, 1:].reshape(b, n - 1, temporal_factor, gh, gw).any(axis=2)
+    return np.concatenate([first, rest], axis=1)
+
+
+# The `shapes` template joins one phrase per object with " and ", in the objects' order
+# (data/shapes.py `caption_for`).
+PHRASE_SEPARATOR = " and "
+
+
+def phrase_ids(
+    text: TextEncoder, captions: Sequence[str], num_objects: Sequence[int]
+) -> np.ndarray:
+    """(B, L) int8: k + 1 on the text tokens of caption phrase k (object k), 0 elsewhere
+    (the separators, EOS and padding); L is the encoder's max_length.
+
+    A phrase's tokens are found by tokenising caption prefixes, so any tokenizer that
+    splits at spaces the same way in a prefix as in the whole caption (the built-in
+    ones) is exact. Raises ValueError when a caption's phrase count is not its clip's
+    object count."""
+    tokenizer = text.tokenizer
+    limit = text.max_length - 1  # the last token is EOS (`TextEncoder.tokenize`)
+    out = np.zeros((len(captions), text.max_length), np.int8)
+    for row, (caption, count) in enumerate(zip(captions, num_objects, strict=True)):
+        parts = str(caption).split(PHRASE_SEPARATOR)
+        if len(parts) != int(count):
+            raise ValueError(
+                f"caption {caption!r} has {len(parts)} phrases joined by "
+                f"{PHRASE_SEPARATOR.strip()!r} for {int(count)} objects; the binding loss "
+                "needs the shapes caption template (one phrase per object, in order)"
+            )
+        start = 0
+        for k in range(len(parts)):
+            prefix = PHRASE_SEPARATOR.join(parts[: k + 1])
+            stop = len(tokenizer.token_ids([prefix])[0])
+            out[row, min(start, limit) : min(stop, limit)] = k + 1
+            # The next phrase starts after the separator ("... moves left and").
+            start = len(tokenizer.token_ids([prefix + PHRASE_SEPARATOR.rstrip()])[0])
+    return out
+
+
 def write_token_cache(
     path: str,
     tokenizer: FrozenTokenizer,
@@ -316,6 +367,9 @@ def write_token_cache(
     Arrays: tokens (N, n, h, w) int32, text_emb (N, Lc, D) float16 (Lc = longest caption
     in tokens; padding is restored on read), text_mask (N, Lc) bool, fps (N,) float32,
     caption (N,) str, index (N,) int32; `meta` is the JSON provenance. Returns `meta`.
+    Sources with object masks (`shapes`) also give object_cells (N, M, n, h, w) bool, the
+    latent cells each object touches, and phrase_ids (N, Lc) int8 (`phrase_ids`): what
+    the binding loss (`diffusion.binding_weight`) reads.
     """
     bucket = {
         "frames": data_config.frames,
@@ -334,10 +388,28 @@ def write_token_cache(
     mask = np.zeros((num_clips, text.max_length), bool)
     fps = np.zeros((num_clips,), np.float32)
     captions: list[str] = []
+    objects: dict[str, np.ndarray] = {}
+    model = tokenizer.model
     start_time = time.perf_counter()
     for start in range(0, num_clips, batch_size):
         stop = min(start + batch_size, num_clips)
         batch = pipeline.collate([source[i] for i in range(start, stop)])
+        if "masks" in batch:
+            if not objects:
+                m = batch["masks"].shape[1]
+                objects["object_cells"] = np.zeros((num_clips, m, *grid), bool)
+                objects["phrase_ids"] = np.zeros((num_clips, text.max_length), np.int8)
+            b, m, t, h, w = batch["masks"].shape
+            cells = mask_cells(
+                batch["masks"].reshape(b * m, t, h, w),
+                grid,
+                model.temporal_factor,
+                model.spatial_factor,
+            )
+            objects["object_cells"][start:stop] = cells.reshape(b, m, *grid)
+            objects["phrase_ids"][start:stop] = phrase_ids(
+                text, list(batch["caption"]), batch["num_objects"]
+            )
         video = batch["video"]
         if len(video) < batch_size:  # one compiled shape: pad the last batch
             video = np.concatenate([video, np.repeat(video[-1:], batch_size - len(video), 0)])
@@ -350,6 +422,8 @@ def write_token_cache(
             rate = stop / (time.perf_counter() - start_time)
             print(f"[tokenize] {stop}/{num_clips} clips ({rate:.1f} clips/s)", flush=True)
     length = max(int(mask.sum(1).max()), 1)
+    if objects:
+        objects["phrase_ids"] = objects["phrase_ids"][:, :length]
     meta = {
         "version": CACHE_VERSION,
         **_provenance(tokenizer, text),
@@ -376,6 +450,7 @@ def write_token_cache(
         caption=np.array(captions),
         index=np.arange(num_clips, dtype=np.int32),
         meta=np.array(json.dumps(meta)),
+        **objects,
     )
     os.replace(tmp, path)
     return meta
@@ -431,12 +506,23 @@ class TokenCache:
         emb[:, : stored.shape[1]] = stored
         mask = np.zeros((len(idx), self.max_length), bool)
         mask[:, : stored.shape[1]] = self.arrays["text_mask"][idx]
-        return {
+        out = {
             "tokens": self.arrays["tokens"][idx],
             "text_emb": emb,
             "text_mask": mask,
             "fps": self.arrays["fps"][idx],
         }
+        if self.has_objects:
+            out["object_cells"] = self.arrays["object_cells"][idx]
+            phrases = np.zeros((len(idx), self.max_length), np.int32)
+            phrases[:, : stored.shape[1]] = self.arrays["phrase_ids"][idx]
+            out["phrase_ids"] = phrases
+        return out
+
+    @property
+    def has_objects(self) -> bool:
+        """Whether the cache holds object cells and phrase ids (sources with masks)."""
+        return "object_cells" in self.arrays
 
     def check(
         self, tokenizer: FrozenTokenizer, text: TextEncoder, data_config: ml_collections.ConfigDict
