@@ -32,6 +32,16 @@ def read_eval(workdir: str, stage: str) -> dict | None:
         return json.load(f)
 
 
+def curve_rows(rows: Sequence[dict]) -> list[dict]:
+    """The `train` rows worth a point on a curve: those averaging at least half as many
+    steps as the fullest row. The row that a checkpoint or an early stop writes between two
+    `log_every` steps may average one step, whose batch draws a spike at the curve's end.
+    Rows written before `averaged_steps` existed count as full."""
+    train = [r for r in rows if r.get("kind") == "train"]
+    full = max((r.get("averaged_steps", 1) for r in train), default=1)
+    return [r for r in train if 2 * r.get("averaged_steps", full) >= full]
+
+
 def plot_curves(rows: Sequence[dict], keys: Sequence[str], title: str, out_png: str) -> str | None:
     """One panel per key of the `train` rows of a metrics.jsonl; returns the path or None."""
     import matplotlib
@@ -39,7 +49,7 @@ def plot_curves(rows: Sequence[dict], keys: Sequence[str], title: str, out_png: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [r for r in rows if r.get("kind") == "train"]
+    train = curve_rows(rows)
     keys = [k for k in keys if any(k in r for r in train)]
     if not train or not keys:
         return None

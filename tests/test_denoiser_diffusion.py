@@ -16,6 +16,7 @@ from motionaura_jax.denoiser.diffusion import (
     binding_loss,
     corrupt,
     diffusion_loss,
+    mask_objects,
     mask_schedule,
     masked_cross_entropy,
     sample_time,
@@ -253,6 +254,96 @@ def test_binding_weight_adds_the_binding_loss_to_the_token_loss(scan_layers):
     without = {k: v for k, v in batch.items() if k != "object_cells"}
     with pytest.raises(ValueError, match="object_cells"):
         diffusion_loss(model.apply, params, without, key, bound)
+
+
+def test_object_extra_weight_is_the_weighted_mean_over_masked_tokens_in_grid_cells():
+    """`object_extra_weight`: masked tokens on an object's cells count 1 + w times; the
+    weights follow a patched model's tokens into patch order; metrics['loss'] stays the
+    plain mean."""
+    model, batch, params, cfg = _toy_setup(p_uncond=0.0, patch=(1, 2, 2))
+    cells = np.zeros((4, 2, 2, 2, 4), bool)
+    cells[:, 0, :, 0, :3] = True  # object 1: three cells of the top row
+    cells[:2, 1, 1, 1, 3] = True  # object 2: one cell, first two examples only
+    batch = {**batch, "object_cells": jnp.asarray(cells)}
+    key = jax.random.key(3)
+    weighted = dataclasses.replace(cfg, object_extra_weight=3.0)
+    loss, metrics = diffusion_loss(model.apply, params, batch, key, weighted)
+    _, plain = diffusion_loss(model.apply, params, batch, key, cfg)
+    assert float(metrics["loss"]) == pytest.approx(float(plain["loss"]), rel=1e-6)
+    # The reference in grid order, from the same draws as diffusion_loss makes.
+    r_t, r_mask, _ = jax.random.split(key, 3)
+    t = sample_time(r_t, 4)
+    z_t, masked = corrupt(r_mask, batch["tokens"], t, cfg.mask_id)
+    logits = model.apply(
+        {"params": params},
+        z_t,
+        t,
+        batch["text"],
+        text_mask=batch["text_mask"],
+        drop_text=jnp.zeros(4, bool),
+    )
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    ce = -np.take_along_axis(np.asarray(logp), np.asarray(batch["tokens"]).reshape(4, -1, 1), -1)
+    w = np.where(cells.any(axis=1), 4.0, 1.0).reshape(4, -1) * np.asarray(masked).reshape(4, -1)
+    assert w.max() == 4.0 and (w == 1.0).any()  # both kinds of masked token are present
+    assert float(loss) == pytest.approx(float((ce[..., 0] * w).sum() / w.sum()), rel=1e-5)
+    assert float(loss) != pytest.approx(float(plain["loss"]), rel=1e-3)
+    with pytest.raises(ValueError, match="object_extra_weight=3.0 needs batch\\['object_cells'\\]"):
+        without = {k: v for k, v in batch.items() if k != "object_cells"}
+        diffusion_loss(model.apply, params, without, key, weighted)
+
+
+def test_mask_objects_hides_one_whole_present_object_in_the_chosen_examples():
+    rng = np.random.default_rng(0)
+    b, grid = 256, (2, 4, 4)
+    cells = np.zeros((b, 2, *grid), bool)
+    cells[:, 0, :, :2, :2] = True  # object 1: top left
+    cells[: b // 2, 1, :, 2:, 2:] = True  # object 2 (first half only): bottom right
+    cells[-8:] = False  # no objects: nothing to hide
+    z = jnp.asarray(rng.integers(0, 32, size=(b, *grid)), jnp.int32)
+    masked = jnp.asarray(rng.random((b, *grid)) < 0.2)
+    z_t = jnp.where(masked, 32, z)
+    out, out_masked = mask_objects(jax.random.key(0), z_t, masked, jnp.asarray(cells), 0.5, 32)
+    out, out_masked = np.asarray(out), np.asarray(out_masked)
+    extra = out_masked & ~np.asarray(masked)
+    assert (out[out_masked] == 32).all() and (out[~out_masked] == np.asarray(z)[~out_masked]).all()
+    assert (out_masked >= np.asarray(masked)).all()  # nothing was unmasked
+    hidden = [
+        [bool(out_masked[i][cells[i, k]].all()) for k in range(2) if cells[i, k].any()]
+        for i in range(b)
+    ]
+    chosen = np.array([any(h) for h in hidden])
+    # Each extra cell belongs to a wholly hidden object; about half the examples get one,
+    # none of those without objects; both objects get picked.
+    for i in np.flatnonzero(extra.reshape(b, -1).any(-1)):
+        assert chosen[i] and (cells[i][:, extra[i]].any(0)).all()
+    assert not extra[-8:].any()
+    assert 0.35 < chosen[:-8].mean() < 0.65
+    second = [i for i in range(b // 2) if out_masked[i][cells[i, 1]].all()]
+    assert len(second) > 10
+    # prob 0 changes nothing.
+    same = mask_objects(jax.random.key(0), z_t, masked, jnp.asarray(cells), 0.0, 32)
+    assert (np.asarray(same[0]) == np.asarray(z_t)).all()
+
+
+def test_object_mask_prob_needs_object_cells_and_keeps_the_other_draws():
+    model, batch, params, cfg = _toy_setup()
+    cells = np.zeros((4, 2, 2, 2, 4), bool)
+    cells[:, 0, :, 0, :2] = True
+    key = jax.random.key(1)
+    with_objects = dataclasses.replace(cfg, object_mask_prob=1.0)
+    _, plain = diffusion_loss(model.apply, params, batch, key, cfg)
+    _, more = diffusion_loss(
+        model.apply, params, {**batch, "object_cells": jnp.asarray(cells)}, key, with_objects
+    )
+    assert float(more["mask_ratio"]) > float(plain["mask_ratio"])
+    # Clips without objects get exactly the draws of a run without the option.
+    _, none = diffusion_loss(
+        model.apply, params, {**batch, "object_cells": jnp.zeros_like(cells)}, key, with_objects
+    )
+    assert float(none["loss"]) == float(plain["loss"])
+    with pytest.raises(ValueError, match="object_mask_prob=1.0 needs batch"):
+        diffusion_loss(model.apply, params, batch, key, with_objects)
 
 
 def test_binding_loss_is_the_same_for_scanned_and_unrolled_blocks_and_trains():

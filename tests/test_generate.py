@@ -155,3 +155,43 @@ def test_text_usage_probe_reads_whose_colour_fills_the_hole():
     rim = ndimage.binary_dilation(hole > 0, np.ones((1, 5, 5), bool))[..., None]
     empty = np.where(rim, video[:, :, :1], video)
     assert text_usage_probe.hole_color(empty, hole, clip["caption"], vocab) == "none"
+
+
+def test_binding_probe_caption_variants_and_colour_table():
+    from tools import binding_probe
+
+    colours = ("red", "green", "blue")
+    caption = "a red circle moves left and a blue square moves up"
+    variants = binding_probe.caption_variants(caption, colours, hidden=1)
+    assert variants["swapped"] == "a blue circle moves left and a red square moves up"
+    assert variants["recoloured"] == "a red circle moves left and a green square moves up"
+    assert binding_probe.caption_variants(caption, colours, 0)["recoloured"].startswith("a green")
+    with pytest.raises(ValueError, match="fewer than two colours"):
+        binding_probe.caption_variants("a red circle moves left", colours, 0)
+    # Two clips on a 1 x 1 x 3 grid: ids 0 background, 1 on the red object alone, 2 where
+    # both objects meet (counted for neither), 3 on the blue object alone.
+    ids = np.array([[[[0, 1, 2]]], [[[3, 0, 0]]]])
+    cells = np.zeros((2, 2, 1, 1, 3), bool)
+    cells[0, 0, 0, 0, 1:] = True
+    cells[0, 1, 0, 0, 2] = True
+    cells[1, 0, 0, 0, 0] = True
+    table = binding_probe.colour_table(
+        ids, cells, [caption, "a blue star moves down"], colours, vocab_size=5
+    )
+    np.testing.assert_allclose(table[0], [0, 0, 0, 1])
+    np.testing.assert_allclose(table[1], [1, 0, 0, 0])
+    np.testing.assert_allclose(table[2], 0)  # both objects touch it
+    np.testing.assert_allclose(table[3], [0, 0, 1, 0])
+    np.testing.assert_allclose(table[4], 0)  # never seen
+
+
+def test_binding_probe_scores_the_hidden_object_under_each_caption(base_run):
+    from tools import binding_probe
+
+    result = binding_probe.probe(base_run)
+    assert 0 < result["num_clips"] < 8  # the two-object clips of base_run's 8-clip cache
+    for hidden in ("object0", "object1"):
+        nll, mass = result[hidden]["nll"], result[hidden]["colour_mass"]
+        assert set(nll) == {"true", "swapped", "recoloured"}
+        assert all(np.isfinite(v) and v > 0 for v in nll.values())
+        assert 0.0 <= sum(mass.values()) <= 1.0 + 1e-6

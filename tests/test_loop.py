@@ -155,7 +155,16 @@ def test_metrics_jsonl_has_every_logged_step(tmp_path):
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train_rows] == [1, 2, 3]
     assert {"loss", "lr", "l2_grads", "l2_params", "l2_updates", "mse"} <= set(train_rows[0])
+    assert [r["averaged_steps"] for r in train_rows] == [1, 1, 1]  # TINY logs every step
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 3]
+    # Every 2 steps: the last row, written by the final save, averages one step.
+    config = config_lib.load_config(TINY, ["train.num_steps=3", "train.log_every=2"])
+    loop.train(config, str(tmp_path / "every2"))
+    rows = [json.loads(line) for line in open(tmp_path / "every2" / "tiny" / "metrics.jsonl")]
+    assert [(r["step"], r["averaged_steps"]) for r in rows if r["kind"] == "train"] == [
+        (2, 2),
+        (3, 1),
+    ]
 
 
 def test_rerun_of_a_finished_stage_only_evaluates(tmp_path):

@@ -29,6 +29,14 @@ def test_gif_has_every_frame(tmp_path):
     assert gif.n_frames == 5
 
 
+def test_curves_leave_out_rows_that_average_few_steps():
+    rows = [dict(step=s, kind="train", loss=1.0, averaged_steps=50) for s in (50, 100, 150)]
+    rows += [dict(step=151, kind="train", loss=9.0, averaged_steps=1), dict(step=151, kind="eval")]
+    assert [r["step"] for r in report.curve_rows(rows)] == [50, 100, 150]
+    old = [dict(step=s, kind="train", loss=1.0) for s in (1, 2)]  # no averaged_steps
+    assert [r["step"] for r in report.curve_rows(old)] == [1, 2]
+
+
 def test_curves_and_table(tmp_path):
     rows = [dict(step=s, kind="train", loss=1.0 / s, lr=0.1) for s in range(1, 6)]
     rows.append(dict(step=5, kind="eval", psnr=30.0))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from motionaura_jax import checkpoint as checkpoint_lib
+from motionaura_jax import main_job
 from motionaura_jax.data import pipeline
 from motionaura_jax.tokenizer.vocabulary import CodeVocabulary
 from motionaura_jax.train import loop, t2v, t2v_data
@@ -103,7 +104,8 @@ def test_patched_and_unpatched_denoisers_take_a_loss_in_the_stage(base_run):
 
 def test_binding_loss_takes_the_caches_objects_and_refuses_spectral_queries(base_run):
     """`diffusion.binding_weight`: the stage reads the cache's object cells and phrase ids
-    and adds the loss; with frequency-bin queries (cross_spectral 'real') it refuses."""
+    and adds the loss; with frequency-bin queries (cross_spectral 'real') it refuses.
+    `diffusion.object_extra_weight` and `object_mask_prob` read the same cells."""
     cache = t2v_data.TokenCache(os.path.join(base_run, "t2v_tokens.npz"))
     batch = cache.batch([0, 1, 2, 3])
     config = t2v_config("diffusion.binding_weight=0.5", "eval.num_prompts=0")
@@ -119,11 +121,27 @@ def test_binding_loss_takes_the_caches_objects_and_refuses_spectral_queries(base
         t2v.build(t2v_config("diffusion.binding_weight=0.5", "model.cross_spectral=real"), base_run)
     with pytest.raises(ValueError, match="lacks"):
         t2v.check_binding(config, None)
-    # A run saved before the setting existed builds (re-evaluation, resumed main jobs).
+    extra = t2v_config("diffusion.object_extra_weight=2.0", "eval.num_prompts=0")
+    stage = t2v.build(extra, base_run)
+    assert "object_cells" in stage.device_fields
+    loss, metrics = stage.loss(params, nn.meta.unbox(stage.frozen), batch, jax.random.PRNGKey(1), 0)
+    assert "binding_loss" not in metrics
+    assert np.isfinite(float(loss)) and float(loss) != pytest.approx(float(metrics["loss"]))
+    with pytest.raises(ValueError, match="object_extra_weight=2.0 needs .* lacks"):
+        t2v.check_object_cache("diffusion.object_extra_weight=2.0", None, "it to 0")
+    masking = t2v.build(
+        t2v_config("diffusion.object_mask_prob=0.5", "eval.num_prompts=0"), base_run
+    )
+    assert "object_cells" in masking.device_fields
+    # A run saved before the settings existed builds (re-evaluation, resumed main jobs).
     saved = t2v_config("eval.num_prompts=0").to_dict()
-    del saved["diffusion"]["binding_weight"]
+    for key in ("binding_weight", "object_extra_weight", "object_mask_prob"):
+        del saved["diffusion"][key]
     stage = t2v.build(ml_collections.ConfigDict(saved), base_run)
     assert "object_cells" not in stage.device_fields
+    # Off by default, so a resumed main job counts such a run as trained with this config.
+    recorded = json.loads(json.dumps(saved))  # as the main job's record holds it
+    assert main_job.config_changes(recorded, t2v_config("eval.num_prompts=0")) == []
 
 
 def test_code_features_give_the_denoiser_its_vocabularys_code_vectors(base_run):

@@ -199,10 +199,15 @@ def main(argv: Sequence[str]) -> None:
         args.hole,
         args.step,
     )
+    print_json(result, args.out)
+
+
+def print_json(result: dict, out: str = "") -> None:
+    """Prints a probe's result as indented JSON and, with `out`, writes it there too."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text + "\n")
 
 

@@ -81,6 +81,11 @@ class DiffusionConfig:
         (`grid_order=False`) and the loss puts the targets in the same order.
       binding_weight: > 0 adds `binding_weight * binding_loss` (ours), which needs the
         batch's 'object_cells' and 'phrase_ids' (the `shapes` token cache).
+      object_extra_weight: masked tokens in cells an object touches count
+        1 + object_extra_weight in the loss, the rest 1 (ours; > 0 needs the batch's
+        'object_cells'; 0, off, so that configs saved before it count as unchanged).
+      object_mask_prob: the fraction of examples that also have every token of one of
+        their objects masked (`mask_objects`, ours; > 0 needs 'object_cells').
     """
 
     vocab_size: int = 12_800
@@ -91,6 +96,8 @@ class DiffusionConfig:
     code_levels: tuple[int, ...] = ()
     patch: tuple[int, ...] = (1, 1, 1)
     binding_weight: float = 0.0
+    object_extra_weight: float = 0.0
+    object_mask_prob: float = 0.0
 
     @property
     def mask_id(self) -> int:
@@ -165,6 +172,7 @@ def masked_cross_entropy(
     masked: jax.Array,
     label_smoothing: float = 0.0,
     code_levels: tuple[int, ...] = (),
+    weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean cross-entropy over masked positions of the whole batch, plus metrics.
 
@@ -175,6 +183,9 @@ def masked_cross_entropy(
         per digit).
       targets: (B, L) int32 clean codes.
       masked: (B, L) bool.
+      weights: optional (B, L) float; the returned loss is then the weighted mean over
+        masked positions, while metrics['loss'] stays the plain mean (comparable across
+        runs).
     Returns:
       (loss, {'loss', 'masked_accuracy', 'mask_ratio'}).
     """
@@ -196,9 +207,44 @@ def masked_cross_entropy(
         ce, hit = _token_cross_entropy(logits, targets, label_smoothing)
     w = masked.astype(jnp.float32)
     n = jnp.maximum(w.sum(), 1.0)
-    loss = (ce * w).sum() / n
-    acc = (hit * w).sum() / n
-    return loss, {"loss": loss, "masked_accuracy": acc, "mask_ratio": w.mean()}
+    mean_ce = (ce * w).sum() / n
+    metrics = {"loss": mean_ce, "masked_accuracy": (hit * w).sum() / n, "mask_ratio": w.mean()}
+    if weights is None:
+        return mean_ce, metrics
+    ww = w * weights.astype(jnp.float32)
+    return (ce * ww).sum() / jnp.maximum(ww.sum(), 1e-6), metrics
+
+
+def mask_objects(
+    rng: jax.Array,
+    z_t: jax.Array,
+    masked: jax.Array,
+    object_cells: jax.Array,
+    prob: float,
+    mask_id: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Also masks every token of one object, in a `prob` fraction of the examples (ours).
+
+    Token-by-token masking almost always leaves some of each object's tokens visible, so
+    the denoiser learns to copy colour from an object's visible tokens. Drawing the
+    second of two objects, with the first already drawn, asks for something it rarely
+    practises: a whole object from its phrase, beside another object it must not copy.
+
+    Args:
+      z_t, masked: (B, n, h, w) from `corrupt`.
+      object_cells: (B, M, n, h, w) bool, the cells each object touches.
+    Returns:
+      (z_t, masked) with the chosen object's cells masked too; examples without objects
+      are left as they were.
+    """
+    b, m = object_cells.shape[:2]
+    present = object_cells.reshape(b, m, -1).any(-1)  # (B, M)
+    r_apply, r_pick = jax.random.split(rng)
+    pick = jax.random.categorical(r_pick, jnp.where(present, 0.0, -jnp.inf))  # (B,)
+    chosen = jnp.take_along_axis(object_cells, pick[:, None, None, None, None], axis=1)[:, 0]
+    apply = jax.random.bernoulli(r_apply, prob, (b,)) & present.any(-1)
+    extra = chosen & apply[:, None, None, None]
+    return jnp.where(extra, mask_id, z_t), masked | extra
 
 
 def attention_maps(intermediates: Any) -> jax.Array:
@@ -260,6 +306,16 @@ def binding_loss(
     return loss, {"binding_loss": loss, "binding_inside": inside_mean}
 
 
+def _batch_field(batch: dict[str, jax.Array], key: str, option: str, off: str) -> jax.Array:
+    """batch[key], or a ValueError that names the option needing it and how to turn it off."""
+    if key not in batch:
+        raise ValueError(
+            f"{option} needs batch[{key!r}] (a token cache written from `shapes` clips by "
+            f"this version); rebuild the cache or set --config.diffusion.{off}"
+        )
+    return batch[key]
+
+
 def diffusion_loss(
     apply_fn: Callable[..., jax.Array],
     params: Any,
@@ -286,11 +342,31 @@ def diffusion_loss(
     r_t, r_mask, r_drop = jax.random.split(rng, 3)
     t = sample_time(r_t, b, config.num_steps)
     z_t, masked = corrupt(r_mask, tokens, t, config.mask_id, config.schedule, batch.get("known"))
+    if config.object_mask_prob > 0:
+        if "known" in batch:
+            raise ValueError(
+                "diffusion.object_mask_prob would mask known (inpainting context) tokens; "
+                "set it to 0 for a batch with 'known'"
+            )
+        option = f"diffusion.object_mask_prob={config.object_mask_prob}"
+        cells = _batch_field(batch, "object_cells", option, "object_mask_prob=0")
+        # A key of its own (folded in), so the draws above stay those of a run without it.
+        z_t, masked = mask_objects(
+            jax.random.fold_in(rng, 1), z_t, masked, cells, config.object_mask_prob, config.mask_id
+        )
     drop = jax.random.bernoulli(r_drop, config.p_uncond, (b,))
     options = {"digit_logits": True} if config.code_levels else {}
+    weights = None
+    if config.object_extra_weight > 0:
+        option = f"diffusion.object_extra_weight={config.object_extra_weight}"
+        cells = _batch_field(batch, "object_cells", option, "object_extra_weight=0")
+        on_object = jnp.any(cells, axis=1)  # (B, n, h, w)
+        weights = jnp.where(on_object, 1.0 + config.object_extra_weight, 1.0)
     if tuple(config.patch) != (1, 1, 1):
         options["grid_order"] = False  # the mean over masked tokens ignores their order
         tokens, masked = patch_order(tokens, config.patch), patch_order(masked, config.patch)
+        if weights is not None:
+            weights = patch_order(weights, config.patch)
     binding = config.binding_weight > 0
     if binding:
         options["mutable"] = ["intermediates"]  # the cross-attention maps
@@ -311,20 +387,15 @@ def diffusion_loss(
         masked.reshape(b, -1),
         config.label_smoothing,
         config.code_levels,
+        None if weights is None else weights.reshape(b, -1),
     )
     metrics["mean_t"] = t.mean()
     if binding:
-        for key in ("object_cells", "phrase_ids"):
-            if key not in batch:
-                raise ValueError(
-                    f"diffusion.binding_weight={config.binding_weight} needs batch[{key!r}] "
-                    "(a token cache written from `shapes` clips by this version); rebuild "
-                    "the cache or set --config.diffusion.binding_weight=0"
-                )
+        option = f"diffusion.binding_weight={config.binding_weight}"
         bind, bind_metrics = binding_loss(
             attention_maps(state["intermediates"]),
-            batch["object_cells"],
-            batch["phrase_ids"],
+            _batch_field(batch, "object_cells", option, "binding_weight=0"),
+            _batch_field(batch, "phrase_ids", option, "binding_weight=0"),
             drop,
             tuple(config.patch),
         )

@@ -419,7 +419,9 @@ def _log(
     keys = history[-1][1].keys()
     mean = {k: float(np.mean([np.asarray(m[k]) for _, m in history])) for k in keys}
     writer.write_scalars(step, {f"train/{k}": v for k, v in mean.items()})
-    jsonl.write(step, "train", mean)
+    # How many steps the row averages: a row written early by a checkpoint or a stop holds
+    # fewer, so it is noisier than the others (report.curve_rows leaves it out).
+    jsonl.write(step, "train", {**mean, "averaged_steps": len(history)})
     if jax.process_index() == 0:
         print(progress.line(step, mean["loss"]), flush=True)
 

@@ -322,12 +322,17 @@ def check_binding(config: ml_collections.ConfigDict, cache: t2v_data.TokenCache 
             f"caption, but model.cross_spectral={cross!r} makes the queries frequency bins; "
             "set --config.model.cross_spectral=none or the weight to 0"
         )
+    check_object_cache(f"diffusion.binding_weight={weight}", cache, "the weight to 0")
+
+
+def check_object_cache(option: str, cache: t2v_data.TokenCache | None, off: str) -> None:
+    """Raises ValueError unless `cache` holds each clip's object cells and phrase ids."""
     if cache is None or not cache.has_objects:
         where = "tokens.source='online'" if cache is None else f"the cache {cache.path!r}"
         raise ValueError(
-            f"diffusion.binding_weight={weight} needs each clip's object cells and phrase "
-            f"ids, which {where} lacks: use a token cache written from `shapes` clips by "
-            "this version (delete the old one to rebuild it), or set the weight to 0"
+            f"{option} needs each clip's object cells and phrase ids, which {where} lacks: "
+            "use a token cache written from `shapes` clips by this version (delete the old "
+            f"one to rebuild it), or set {off}"
         )
 
 
@@ -360,12 +365,21 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
         )
         frozen["text"] = t2v_data.rebox(abstract, text.params, f"text encoder {text.name}")
 
-    binding = config.diffusion.get("binding_weight", 0.0) > 0  # absent: saved before it
+    # .get: configs saved before these fields existed still build
+    binding = config.diffusion.get("binding_weight", 0.0) > 0
+    object_extra_weight = config.diffusion.get("object_extra_weight", 0.0)
+    object_mask_prob = config.diffusion.get("object_mask_prob", 0.0)
     if binding:
         check_binding(config, cache)
+    if object_extra_weight > 0:
+        option = f"diffusion.object_extra_weight={object_extra_weight}"
+        check_object_cache(option, cache, "it to 0")
+    if object_mask_prob > 0:
+        check_object_cache(f"diffusion.object_mask_prob={object_mask_prob}", cache, "it to 0")
+    objects = binding or object_extra_weight > 0 or object_mask_prob > 0
     if use_cache:
         fields = ("tokens", "text_emb", "text_mask", "fps")
-        fields += ("object_cells", "phrase_ids") if binding else ()
+        fields += ("object_cells", "phrase_ids") if objects else ()
     elif online_text:
         fields = ("video", "text_ids", "text_mask", "fps")
     else:
@@ -402,7 +416,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Stag
             "text_mask": batch["text_mask"].astype(bool),
             "fps": batch["fps"].astype(jnp.float32),
         }
-        if binding:
+        if objects:
             out["object_cells"] = batch["object_cells"].astype(bool)
             out["phrase_ids"] = batch["phrase_ids"].astype(jnp.int32)
         return out
