@@ -100,8 +100,14 @@ def _toy() -> ml_collections.ConfigDict:
         name="adam", lr=5e-3, schedule="cosine", warmup_steps=20, end_lr_ratio=0.05, clip_norm=1.0
     )
     # Batch 8 as configs/t2v.py:toy: 3 x 8 x 8 = 192 tokens a clip on the 2-core CPU.
+    # A 7-minute cap: the 2,900 steps take 330-400 s at the 8.4-8.7 steps/s of sessions 24
+    # and 27's machines and the 7.3 of session 28's (its step is the denoiser's, not the
+    # tokenizer's convolutions). The main job weighs each stage's share of its budget by
+    # these caps; with 600 s (the 10 minutes) this stage finished 2.7 minutes
+    # inside its share and the job ended at 26m15s of its 30 (session 27), time that the
+    # tokenizer and t2v stages now train (session 28: 29m27s; docs/EXPERIMENTS.md).
     c.train.update(
-        num_steps=2900, batch_size=8, log_every=25, checkpoint_every=500, max_seconds=600.0
+        num_steps=2900, batch_size=8, log_every=25, checkpoint_every=500, max_seconds=420.0
     )
     # z_m added to z_t cell by cell (ours, `inpaint.context`; the paper appends it). Measured
     # in session 7 on the session-6 main-job t2v model, 64 held-out clips (shape / colour /

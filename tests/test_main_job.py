@@ -153,10 +153,10 @@ def test_overall_eta_adds_later_budgets():
 
 
 def test_stage_budget_shares_the_time_left():
-    caps = [600.0, 840.0, 600.0]  # the toy stages' train.max_seconds
+    caps = [600.0, 840.0, 420.0]  # the toy stages' train.max_seconds
     keep = 1 - main_job.BUDGET_OVERHEAD
-    assert main_job.stage_budget(caps, 1800.0) == pytest.approx(1800 * keep * 600 / 2040)
-    assert main_job.stage_budget(caps[1:], 1200.0) == pytest.approx(1200 * keep * 840 / 1440)
+    assert main_job.stage_budget(caps, 1800.0) == pytest.approx(1800 * keep * 600 / 1860)
+    assert main_job.stage_budget(caps[1:], 1200.0) == pytest.approx(1200 * keep * 840 / 1260)
     assert main_job.stage_budget(caps, 1e6) == 600.0  # never more than the stage's cap
     assert main_job.stage_budget(caps, -5.0) == pytest.approx(60.0)  # past the deadline
     # A stage without a cap weighs as the mean of the others and is not capped.
