@@ -44,15 +44,16 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from motionaura_jax import pipelines  # noqa: E402
+from motionaura_jax.data.shapes import parse_caption  # noqa: E402
 from motionaura_jax.denoiser.diffusion import time_of_mask_ratio  # noqa: E402
 from motionaura_jax.train import t2v  # noqa: E402
 from motionaura_jax.train.t2v_data import TokenCache  # noqa: E402
 from tools.text_usage_probe import print_json  # noqa: E402
 
 
-def caption_colours(caption: str, colours: Sequence[str]) -> list[str]:
-    """The caption's colour words in order (one per object phrase)."""
-    return [word for word in caption.split() if word in colours]
+def caption_colours(caption: str) -> list[str]:
+    """The caption's colour words in order, one per object phrase."""
+    return [o["color"] for o in parse_caption(caption)]
 
 
 def caption_variants(caption: str, colours: Sequence[str], hidden: int) -> dict[str, str]:
@@ -84,7 +85,7 @@ def colour_table(
     counts = np.zeros((vocab_size, len(colours) + 1))
     for clip_ids, cells, caption in zip(ids, object_cells, captions, strict=True):
         np.add.at(counts[:, -1], clip_ids[~cells.any(0)], 1)
-        for k, colour in enumerate(caption_colours(caption, colours)[: len(cells)]):
+        for k, colour in enumerate(caption_colours(caption)[: len(cells)]):
             alone = cells[k] & ~np.delete(cells, k, axis=0).any(0)
             np.add.at(counts[:, colours.index(colour)], clip_ids[alone], 1)
     return counts / np.maximum(counts.sum(1, keepdims=True), 1)
@@ -109,8 +110,7 @@ def probe(workdir: str, cache_path: str | None = None, num_clips: int = 192) -> 
     two = [
         i
         for i, caption in enumerate(captions)
-        if cells[i, :2].reshape(2, -1).any(-1).all()
-        and len(set(caption_colours(caption, colours)[:2])) == 2
+        if cells[i, :2].reshape(2, -1).any(-1).all() and len(set(caption_colours(caption)[:2])) == 2
     ][:num_clips]
     if not two:
         raise ValueError(f"the cache {cache.path!r} holds no two-object clips of two colours")
@@ -135,6 +135,8 @@ def probe(workdir: str, cache_path: str | None = None, num_clips: int = 192) -> 
         z = np.where(hole, mask_id, ids[two])
         t = time_of_mask_ratio(jnp.asarray(hole.reshape(len(two), -1).mean(-1)))
         variants = [caption_variants(captions[i], colours, hidden) for i in two]
+        flat_hole = hole.reshape(len(two), -1)
+        target = ids[two].reshape(len(two), -1)
         nll, mass = {}, []
         for name in ("true", "swapped", "recoloured"):
             emb, text_mask = pipe.text.embed([v[name] for v in variants])
@@ -147,14 +149,12 @@ def probe(workdir: str, cache_path: str | None = None, num_clips: int = 192) -> 
                     jnp.asarray(batch["fps"][two]),
                 )
             ).reshape(len(two), -1, mask_id)
-            flat_hole = hole.reshape(len(two), -1)
-            target = ids[two].reshape(len(two), -1)
             token_nll = -np.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
             nll[name] = float(token_nll[flat_hole].mean())
             if name == "true":
                 by_colour = np.exp(logp) @ table  # (N, L, colours + 1)
                 for j, i in enumerate(two):
-                    named = caption_colours(captions[i], colours)
+                    named = caption_colours(captions[i])
                     own, other = named[hidden], named[1 - hidden]
                     held = by_colour[j][flat_hole[j]].mean(0)
                     mass.append([held[colours.index(own)], held[colours.index(other)], held[-1]])
