@@ -218,8 +218,8 @@ def _toy() -> ml_collections.ConfigDict:
     #   training seed 1: 0.643 / 0.673 / 0.760 against 0.633 / 0.603 / 0.714 (two-object
     #   motion 0.543 against 0.438).
     # And it is the first change under which the denoiser binds at all, teacher-forced
-    # (tools/binding_probe.py): swapping the caption's colour words costs 0.14-0.16 nats
-    # (seed 0) and 0.27-0.32 (seed 1) against 0.00 with window 0, and the hidden object's
+    # (tools/binding_probe.py): swapping the caption's colour words costs 0.13-0.16 nats
+    # (seed 0) and 0.25-0.29 (seed 1) against 0.00 with window 0, and the hidden object's
     # colour gets more mass than the visible one's (0.134 against 0.104, seed 1; 0.11 /
     # 0.11 with window 0). With window 0 each word's output is nearly the same wherever it
     # stands (cosine 0.997 between "red" at positions 1 and 7), so a caption with its
@@ -327,7 +327,7 @@ def _toy() -> ml_collections.ConfigDict:
     # Session 26 asked what fails, teacher-forced (tools/binding_probe.py: one object of a
     # two-object cache clip masked, nothing else; session-24 main-job model, 192 clips). The
     # hidden tokens cost the same with the caption's two colour words swapped (5.19 against
-    # 5.19 nats) and 1.3 nats more with the hidden object's colour replaced: the denoiser
+    # 5.19 nats) and 1.3-1.4 more with the hidden object's colour replaced: the denoiser
     # reads the caption's colours as a bag, bound to no shape or motion. Its predicted mass
     # on the hidden object's colour equals that on the visible object's (0.11 / 0.11,
     # background 0.54), so it does not even exclude the colour already drawn. The session-22

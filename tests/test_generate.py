@@ -168,6 +168,11 @@ def test_binding_probe_caption_variants_and_colour_table():
     assert binding_probe.caption_variants(caption, colours, 0)["recoloured"].startswith("a green")
     with pytest.raises(ValueError, match="fewer than two colours"):
         binding_probe.caption_variants("a red circle moves left", colours, 0)
+    # The articles follow the colours, as in the data's own captions.
+    orange = "a red circle moves left and an orange square moves up"
+    variants = binding_probe.caption_variants(orange, ("orange", "red", "green"), hidden=0)
+    assert variants["swapped"] == "an orange circle moves left and a red square moves up"
+    assert variants["recoloured"] == "a green circle moves left and an orange square moves up"
     # Two clips on a 1 x 1 x 3 grid: ids 0 background, 1 on the red object alone, 2 where
     # both objects meet (counted for neither), 3 on the blue object alone.
     ids = np.array([[[[0, 1, 2]]], [[[3, 0, 0]]]])

@@ -21,11 +21,11 @@ the probe is fast and has no sampler settings. It reports, per hidden object:
   python tools/binding_probe.py --workdir=DIR [--cache=DIR/t2v_tokens.npz] [--num_clips=192]
 
 Session 26 (the session-24 main-job denoiser, 192 two-object clips of its cache):
-`swapped` costs nothing (5.19 against 5.19 nats), `recoloured` 1.3 nats more, and the
+`swapped` costs nothing (5.19 against 5.19 nats), `recoloured` 1.3-1.4 nats more, and the
 colour mass is 0.11 hidden / 0.11 visible / 0.54 background: the denoiser uses the set
 of caption colours but neither binds them nor excludes the one already drawn. With the
 phrase-windowed text encoder (`text.builtin.window=2`, the toy default since) swapping
-cost 0.14-0.32 nats and the hidden colour drew more mass than the visible one (0.134
+cost 0.13-0.29 nats and the hidden colour drew more mass than the visible one (0.134
 against 0.104 for one training seed).
 """
 
@@ -44,7 +44,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from motionaura_jax import pipelines  # noqa: E402
-from motionaura_jax.data.shapes import parse_caption  # noqa: E402
+from motionaura_jax.data.shapes import caption_for, parse_caption  # noqa: E402
 from motionaura_jax.denoiser.diffusion import time_of_mask_ratio  # noqa: E402
 from motionaura_jax.train import t2v  # noqa: E402
 from motionaura_jax.train.t2v_data import TokenCache  # noqa: E402
@@ -57,17 +57,25 @@ def caption_colours(caption: str) -> list[str]:
 
 
 def caption_variants(caption: str, colours: Sequence[str], hidden: int) -> dict[str, str]:
-    """'true', 'swapped' (the first two colour words exchanged) and 'recoloured' (colour
-    word `hidden` replaced by the first palette colour the caption does not use)."""
-    words = caption.split()
-    where = [i for i, word in enumerate(words) if word in colours]
-    if len(where) < 2:
+    """'true', 'swapped' (the first two objects' colours exchanged) and 'recoloured'
+    (object `hidden`'s colour replaced by the first of `colours` the caption does not use),
+    written back through the data's own caption template."""
+    objects = parse_caption(caption)
+    named = [o["color"] for o in objects]
+    if len(named) < 2:
         raise ValueError(f"caption {caption!r} names fewer than two colours of {colours}")
-    swapped = list(words)
-    swapped[where[0]], swapped[where[1]] = words[where[1]], words[where[0]]
-    recoloured = list(words)
-    recoloured[where[hidden]] = next(c for c in colours if c not in {words[i] for i in where})
-    return {"true": caption, "swapped": " ".join(swapped), "recoloured": " ".join(recoloured)}
+    with_speed = any(o["speed"] for o in objects)
+
+    def recolour(new: dict[int, str]) -> str:
+        changed = [{**o, "color": new.get(k, o["color"])} for k, o in enumerate(objects)]
+        return caption_for(changed, with_speed=with_speed)
+
+    unused = next(c for c in colours if c not in named)
+    return {
+        "true": caption,
+        "swapped": recolour({0: named[1], 1: named[0]}),
+        "recoloured": recolour({hidden: unused}),
+    }
 
 
 def colour_table(
