@@ -94,8 +94,11 @@ METRIC_NOTES = """\
 - t2v: `caption_<attribute>` = fraction of caption objects whose colour / shape / motion
   the `shapes` oracle reads in the clip generated for a held-out caption; `caption_count`
   = clips showing as many objects as their caption names; `caption_all` = clips with
-  every attribute and the object count right; `_1obj` / `_2obj` = the same over the
-  captions that name one / two objects.
+  every attribute and the object count right; `caption_too_few` = clips showing fewer
+  objects than named (one missing, or two merged), `caption_repeat_color` = clips drawing
+  a captioned colour on more objects than the caption gives it (two-object captions drawn
+  as two objects of one colour); `_1obj` / `_2obj` = the same over the captions that name
+  one / two objects.
 - inpaint: `inpaint_shape` / `inpaint_color` = clips whose hole holds an object of the
   sketched shape / captioned colour (`inpaint_found`: any object), and
   `reference_inpaint_shape` / `_color` the same reading of the tokenizer's reconstruction

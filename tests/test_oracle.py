@@ -100,6 +100,33 @@ def test_caption_scores_split_by_object_count():
     assert "caption_color_2obj" not in oracle.score_clips(videos, captions, cfg)
 
 
+def test_two_object_failures_are_told_apart():
+    """`too_few` and `repeat_color` name the two ways a two-object caption fails."""
+    rec = _source(min_objects=2, max_objects=2)[0]
+    caption = _truth_caption(rec)
+    truth = oracle.score_caption(rec["video"], caption)
+    assert truth["all"] and not truth["too_few"] and not truth["repeat_color"]
+    # Paint object 1 in object 0's colour: two objects, one captioned colour twice.
+    video = rec["video"].copy()
+    first = np.array(config_lib.PALETTE[COLORS[rec["color"][0]]], np.float32) * 2 - 1
+    video[rec["masks"][1].astype(bool)] = first
+    copied = oracle.score_caption(video, caption)
+    assert copied["repeat_color"] and copied["count"] and not copied["too_few"]
+    assert copied["color"] == 0.5
+    # Erase object 1 (background row colour): one object where the caption names two.
+    video = rec["video"].copy()
+    hole = rec["masks"][1].astype(bool)
+    rows = np.broadcast_to(video[:, :, :1], video.shape)  # column 0 is background
+    video[hole] = rows[hole]
+    missing = oracle.score_caption(video, caption)
+    assert missing["too_few"] and not missing["repeat_color"] and not missing["count"]
+    scores = oracle.score_clips(
+        [rec["video"], video], [caption, caption], config_lib.shapes_config(), by_count=True
+    )
+    assert scores["caption_too_few"] == 0.5 and scores["caption_too_few_2obj"] == 0.5
+    assert scores["caption_repeat_color"] == 0.0
+
+
 def test_temporal_consistency_flags_changing_objects():
     src = _source(min_objects=1, max_objects=1)
     rec = src[3]

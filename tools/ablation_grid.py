@@ -46,6 +46,8 @@ T2V_KEYS = (
     "caption_mean",
     "caption_count",
     "caption_all",
+    "caption_too_few",
+    "caption_repeat_color",
 )
 BASE_TOKENIZER = "toy"  # the tokenizer every t2v variant is trained on
 

@@ -312,8 +312,11 @@ def score_caption(video: np.ndarray, caption: str, **vocab: Sequence[str]) -> di
     Returns:
       {'color', 'shape', 'motion', 'speed': fraction of caption objects whose attribute
        the clip shows (None when the caption states no motion/speed), 'count': the clip
-       shows as many objects as the caption names, 'all': every attribute right and the
-       count matches, 'objects': per-object dicts of booleans}.
+       shows as many objects as the caption names, 'too_few': it shows fewer,
+       'repeat_color': two objects share a colour that the caption gives one of them (a
+       two-object caption drawn as two objects of the same captioned colour), 'all':
+       every attribute right and the count matches, 'objects': per-object dicts of
+       booleans}.
     """
     wanted = parse_caption(caption)
     tracks = analyze_clip(video, **vocab)
@@ -340,7 +343,14 @@ def score_caption(video: np.ndarray, caption: str, **vocab: Sequence[str]) -> di
                 else tr is not None and tr.speed == obj["speed"],
             }
         )
-    result: dict[str, Any] = {"objects": per_object, "count": len(tracks) == len(wanted)}
+    named = Counter(o["color"] for o in wanted)
+    drawn = Counter(tr.color for tr in tracks)
+    result: dict[str, Any] = {
+        "objects": per_object,
+        "count": len(tracks) == len(wanted),
+        "too_few": len(tracks) < len(wanted),
+        "repeat_color": any(drawn[c] > n for c, n in named.items()),
+    }
     for key in ("color", "shape", "motion", "speed"):
         vals = [o[key] for o in per_object if o[key] is not None]
         result[key] = float(np.mean(vals)) if vals else None
@@ -424,6 +434,7 @@ def classify_sketch(sketch: np.ndarray, shapes: Sequence[str] = SHAPES) -> str:
 
 
 ATTRIBUTES = ("color", "shape", "motion")
+CLIP_READINGS = ("count", "all", "too_few", "repeat_color")
 
 
 class CaptionTally:
@@ -432,6 +443,10 @@ class CaptionTally:
     Per attribute: the fraction of captioned objects whose colour / shape / motion the
     clips show; `mean` over the three; `count`: clips showing as many objects as their
     caption names; `all`: clips with every attribute right and the right object count.
+    Two readings say how multi-object captions fail: `too_few`, clips showing fewer
+    objects than named (one missing, or two merged into one blob), and `repeat_color`,
+    clips drawing a captioned colour on more objects than the caption gives it (the
+    other object's colour copied).
     `data_config` (a `shapes` data config) limits the readings to its colours, shapes and
     motions. Clips are not kept, so a long evaluation holds one batch at a time.
     """
@@ -444,8 +459,8 @@ class CaptionTally:
             motions=tuple(data_config.motions),
         )
         self.hits: dict[str, list[bool]] = {k: [] for k in ATTRIBUTES}
-        self.whole: list[bool] = []
-        self.count: list[bool] = []
+        # Per-clip readings: `all`, `count`, `too_few`, `repeat_color` (see `score_caption`).
+        self.clips: dict[str, list[bool]] = {k: [] for k in CLIP_READINGS}
         # The same readings split by how many objects the caption names (`scores(by_count)`).
         self.by_count: dict[int, CaptionTally] = {}
 
@@ -462,17 +477,16 @@ class CaptionTally:
             for k in ATTRIBUTES:
                 if obj[k] is not None:
                     self.hits[k].append(obj[k])
-        self.whole.append(bool(result["all"]))
-        self.count.append(bool(result["count"]))
+        for k in CLIP_READINGS:
+            self.clips[k].append(bool(result[k]))
 
     def scores(self, prefix: str = "caption_", by_count: bool = False) -> dict[str, float]:
-        """The readings as `<prefix><attribute>`, `mean`, `count` and `all`; with
-        `by_count`, also each of them over the clips whose caption names n objects, as
-        `<prefix><key>_<n>obj` (e.g. `caption_motion_2obj`)."""
+        """The readings as `<prefix><attribute>`, `mean`, `count`, `all`, `too_few` and
+        `repeat_color`; with `by_count`, also each of them over the clips whose caption
+        names n objects, as `<prefix><key>_<n>obj` (e.g. `caption_motion_2obj`)."""
         out = {prefix + k: float(np.mean(v)) if v else 0.0 for k, v in self.hits.items()}
         out[prefix + "mean"] = float(np.mean([out[prefix + k] for k in ATTRIBUTES]))
-        out[prefix + "count"] = float(np.mean(self.count))
-        out[prefix + "all"] = float(np.mean(self.whole))
+        out.update({prefix + k: float(np.mean(v)) for k, v in self.clips.items()})
         if by_count:
             for n, tally in sorted(self.by_count.items()):
                 for key, value in tally.scores(prefix).items():
