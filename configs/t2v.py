@@ -439,10 +439,11 @@ def _toy() -> ml_collections.ConfigDict:
     # l_swap)) 0.535 / 0.515. The model's binding signal is too weak for guidance to amplify.
     # Session 29, the session-29 main-job tokenizer (27.6 dB) and cache, 7,401 steps (a whole
     # cosine), colour / motion / object count over eval seeds 0-2, against the main job's
-    # own 7,401 steps at lr 1e-3 (0.694 / 0.667 / 0.734): lr 2e-3 0.636 / 0.663 / 0.766, lr
-    # 4e-3 0.650 / 0.623 / 0.693 (two-object colour 0.486 and 0.505 against 0.567); the
-    # train loss over steps 4,000-4,800 was 3.51 and 3.60 against 3.54. A faster schedule
-    # does not fit the binding sooner.
+    # 7,401 steps at lr 1e-3 (0.694 / 0.667 / 0.734; stopped at 7,401 of 9,000 by its time
+    # share, so the lr had decayed less): lr 2e-3 0.636 / 0.663 / 0.766, lr 4e-3 0.650 /
+    # 0.623 / 0.693 (two-object colour 0.486 and 0.505 against 0.567); the train loss over
+    # steps 4,000-4,800 was 3.51 and 3.60 against 3.54. A faster schedule does not fit the
+    # binding sooner.
     c.optimizer.update(
         lr=1e-3, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, end_lr_ratio=0.05
     )
