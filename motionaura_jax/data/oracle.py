@@ -313,8 +313,8 @@ def score_caption(video: np.ndarray, caption: str, **vocab: Sequence[str]) -> di
       {'color', 'shape', 'motion', 'speed': fraction of caption objects whose attribute
        the clip shows (None when the caption states no motion/speed), 'count': the clip
        shows as many objects as the caption names, 'too_few': it shows fewer,
-       'repeat_color': two objects share a colour that the caption gives one of them (a
-       two-object caption drawn as two objects of the same captioned colour), 'all':
+       'repeat_color': a captioned colour shows on more objects than the caption gives
+       it (e.g. a two-object caption drawn as two objects of one of its colours), 'all':
        every attribute right and the count matches, 'objects': per-object dicts of
        booleans}.
     """
@@ -459,7 +459,7 @@ class CaptionTally:
             motions=tuple(data_config.motions),
         )
         self.hits: dict[str, list[bool]] = {k: [] for k in ATTRIBUTES}
-        # Per-clip readings: `all`, `count`, `too_few`, `repeat_color` (see `score_caption`).
+        # Per-clip readings, `CLIP_READINGS` (see `score_caption`).
         self.clips: dict[str, list[bool]] = {k: [] for k in CLIP_READINGS}
         # The same readings split by how many objects the caption names (`scores(by_count)`).
         self.by_count: dict[int, CaptionTally] = {}
