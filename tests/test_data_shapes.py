@@ -11,6 +11,7 @@ from motionaura_jax.data.shapes import (
     SHAPES,
     ShapesSource,
     caption_for,
+    near_miss_caption,
     parse_caption,
 )
 
@@ -169,6 +170,40 @@ def test_captions_round_trip():
         parse_caption("two red circles dance")
     with pytest.raises(ValueError, match="unknown shape"):
         parse_caption("a red blob moves left")
+
+
+def _objects(caption):
+    return sorted((o["color"], o["shape"], o["motion"], o["speed"]) for o in parse_caption(caption))
+
+
+def test_near_miss_captions_no_longer_describe_the_clip():
+    cfg, rng = _cfg(), np.random.default_rng(0)
+    two = "a red circle moves left and a blue square moves up"
+    for caption in (two, "a red circle moves left", "a red circle", two.replace("up", "left")):
+        for _ in range(30):
+            miss = near_miss_caption(caption, rng, cfg)
+            assert _objects(miss) != _objects(caption)
+            assert all(
+                o["color"] in cfg.colors and o["motion"] in (*cfg.motions, None)
+                for o in parse_caption(miss)
+            )
+            # Images stay images: no edit gives an object a motion.
+            assert (parse_caption(miss)[0]["motion"] is None) == (caption == "a red circle")
+    assert near_miss_caption(two, rng, cfg, ("swap_colors",)) == (
+        "a blue circle moves left and a red square moves up"
+    )
+    repeated = parse_caption(near_miss_caption(two, rng, cfg, ("repeat_color",)))
+    assert repeated[0]["color"] == repeated[1]["color"]
+    assert len(parse_caption(near_miss_caption(two, rng, cfg, ("drop",)))) == 1
+    added = near_miss_caption("a red circle moves left quickly", rng, cfg, ("add",))
+    assert len(parse_caption(added)) == 2 and all(o["speed"] for o in parse_caption(added))
+    # Edits that cannot apply give None: one object has no colours to swap, and two
+    # identical objects have nothing to swap either.
+    assert near_miss_caption("a red circle moves left", rng, cfg, ("swap_colors",)) is None
+    same = "a red circle moves left and a red circle moves left"
+    assert near_miss_caption(same, rng, cfg, ("swap_colors", "swap_motions")) is None
+    with pytest.raises(ValueError, match="unknown near-miss edits"):
+        near_miss_caption(two, rng, cfg, ("recolour",))
 
 
 def test_sketch_is_dark_outline_on_white():

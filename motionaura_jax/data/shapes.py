@@ -59,6 +59,7 @@ __all__ = [
     "PALETTE",
     "ShapesSource",
     "caption_for",
+    "near_miss_caption",
     "parse_caption",
 ]
 
@@ -115,6 +116,73 @@ def parse_caption(caption: str) -> list[dict[str, str | None]]:
             raise ValueError(f"unknown speed adverb {m['adverb']!r} in caption {caption!r}")
         objects.append(obj)
     return objects
+
+
+NEAR_MISS_EDITS = (
+    "recolor",  # one object gets another colour
+    "remotion",  # one object gets another motion
+    "reshape",  # one object gets another shape
+    "swap_colors",  # two objects trade colours (the binding, nothing else, changes)
+    "swap_motions",
+    "repeat_color",  # one object takes the other's colour
+    "drop",  # the caption names one object of two
+    "add",  # the caption names a second object the clip lacks
+)
+
+
+def near_miss_caption(
+    caption: str,
+    rng: np.random.Generator,
+    config: ml_collections.ConfigDict,
+    edits: tuple[str, ...] = NEAR_MISS_EDITS,
+) -> str | None:
+    """`caption` with one edit from `NEAR_MISS_EDITS` (chosen at random among those that
+    apply), so that it no longer describes the clip; None when no edit found one.
+
+    The negatives of the caption matcher in `tools/rerank_probe.py`: each edit is a way
+    the denoiser's samples miss their caption. Attributes come from `config`'s (a
+    `shapes_config`) vocabularies; an edit that leaves the same objects (e.g. swapping
+    the colours of two red circles) is redrawn.
+    """
+    if unknown := set(edits) - set(NEAR_MISS_EDITS):
+        raise ValueError(f"unknown near-miss edits {sorted(unknown)}; use {NEAR_MISS_EDITS}")
+    objects = parse_caption(caption)
+    moving = len(objects) > 0 and objects[0]["motion"] is not None
+    with_speed = all(o["speed"] for o in objects)
+    vocab = {"color": config.colors, "shape": config.shapes, "motion": config.motions}
+
+    def key(objs):
+        return sorted((o["color"], o["shape"], o["motion"], o["speed"]) for o in objs)
+
+    usable = ["recolor", "reshape"] + (["remotion"] if moving else [])
+    usable += ["swap_colors", "repeat_color", "drop"] if len(objects) == 2 else []
+    usable += ["swap_motions"] if len(objects) == 2 and moving else []
+    usable += ["add"] if len(objects) == 1 else []
+    edits = [e for e in usable if e in edits]
+    if not edits:
+        return None
+    for _ in range(20):
+        new = [dict(o) for o in objects]
+        edit = edits[rng.integers(len(edits))]
+        i = int(rng.integers(len(new)))
+        if edit in ("recolor", "remotion", "reshape"):
+            kind = {"recolor": "color", "remotion": "motion", "reshape": "shape"}[edit]
+            new[i][kind] = vocab[kind][rng.integers(len(vocab[kind]))]
+        elif edit in ("swap_colors", "swap_motions"):
+            kind = "color" if edit == "swap_colors" else "motion"
+            new[0][kind], new[1][kind] = new[1][kind], new[0][kind]
+        elif edit == "repeat_color":
+            new[i]["color"] = new[1 - i]["color"]
+        elif edit == "drop":
+            del new[i]
+        else:  # add
+            extra = {k: v[rng.integers(len(v))] for k, v in vocab.items()}
+            extra["motion"] = extra["motion"] if moving else None
+            extra["speed"] = config.speeds[rng.integers(len(config.speeds))] if with_speed else None
+            new.insert(int(rng.integers(2)), extra)
+        if key(new) != key(objects):
+            return caption_for(new, with_speed=with_speed)
+    return None
 
 
 class ShapesSource:
