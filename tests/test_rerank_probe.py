@@ -1,4 +1,7 @@
-"""The caption matcher of tools/rerank_probe.py: padding, grid errors, names, it can learn."""
+"""tools/rerank_probe.py: its caption matcher (padding, grid errors, names, it can learn)
+and a whole run on an untrained stage."""
+
+import json
 
 import flax.linen as nn
 import jax
@@ -7,7 +10,10 @@ import numpy as np
 import optax
 import pytest
 
+from tools import rerank_probe
 from tools.rerank_probe import CaptionMatcher
+
+pytest_plugins = ["tests.stage_fixtures"]
 
 VOCAB, GRID, TEXT_LEN, TEXT_DIM = 12, (2, 2, 2), 5, 6
 
@@ -75,3 +81,21 @@ def test_learns_which_caption_goes_with_which_clip():
         losses.append(float(loss))
     assert losses[0] == pytest.approx(np.log(2), abs=1e-3)  # zero-initialised head
     assert losses[-1] < 0.1
+
+
+def test_probe_trains_samples_and_scores_each_pick(base_run, tmp_path):
+    out = tmp_path / "rerank.json"
+    args = ["--workdir", base_run, "--steps", "3", "--batch", "2", "--heldout", "2"]
+    rerank_probe.main([*args, "--candidates", "2", "--prompts", "3", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert 0.0 <= result["heldout_pos_above_neg"] <= 1.0
+    assert len(result["candidates"]) == 2
+    for key in rerank_probe.REPORTED:
+        values = [c[key] for c in result["candidates"]]
+        assert result["candidate_mean"][key] == pytest.approx(np.mean(values), abs=1e-4)
+        # With two candidates the highest- and lowest-scored picks take each prompt's two
+        # clips once between them, and every score is a mean over the same prompts' objects.
+        both = result["rerank"][key] + result["worst"][key]
+        assert both == pytest.approx(sum(values), abs=2e-4)
+    with pytest.raises(ValueError, match="at least 2"):
+        rerank_probe.main(["--workdir", base_run, "--candidates", "1"])

@@ -25,9 +25,9 @@ blocks with 1D RoPE over the joint sequence, a logit read from CLS.
 
 Session 30, the session-30 main job (6,542 t2v steps), defaults (2,500 steps of 32 pairs
 of each kind, 7 minutes alone; 4 candidates; eval prompts 0-63): a held-out caption
-outscored its near miss 0.81 of the time, yet the matcher's picks scored colour / motion /
-object count 0.657 / 0.667 / 0.781, against 0.689 / 0.684 / 0.805 for the candidates'
-mean and 0.697 / 0.677 / 0.828 for its lowest-scored picks. Telling real clips from edited
+outscored its near miss 0.80 of the time, yet the matcher's picks scored colour / motion /
+object count 0.687 / 0.636 / 0.750, against 0.689 / 0.684 / 0.805 for the candidates'
+mean and 0.667 / 0.717 / 0.875 for its lowest-scored picks. Telling real clips from edited
 captions does not carry over to telling the denoiser's samples apart (docs/EXPERIMENTS.md).
 """
 
@@ -172,30 +172,36 @@ def negatives(captions: list[str], rng: np.random.Generator, data_config) -> lis
     for caption in captions:
         miss = near_miss_caption(caption, rng, data_config, PROBE_EDITS)
         if miss is None or rng.random() < OTHER_CAPTION:
-            miss = captions[rng.integers(len(captions))]
-            while miss == caption:
-                miss = captions[rng.integers(len(captions))]
+            draws = (captions[i] for i in rng.integers(len(captions), size=10))
+            others = [c for c in draws if c != caption]
+            miss = others[0] if others else miss
+        if miss is None:
+            raise ValueError(f"no negative for {caption!r}: the cache needs other captions")
         out.append(miss)
     return out
 
 
-def embed(text, captions: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
-    parts = [text.embed(captions[i : i + 1024]) for i in range(0, len(captions), 1024)]
-    emb = np.concatenate([e for e, _ in parts])[:, :length]
-    mask = np.concatenate([m for _, m in parts])[:, :length]
-    return emb, mask
+def embed(text, *caption_sets: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(emb, mask) of each set, all cut to the longest caption's length (the padding rows
+    beyond it are masked out anyway, and cost time in every step)."""
+    out = []
+    for captions in caption_sets:
+        parts = [text.embed(captions[i : i + 1024]) for i in range(0, len(captions), 1024)]
+        out.append((np.concatenate([e for e, _ in parts]), np.concatenate([m for _, m in parts])))
+    length = max(int(mask.sum(axis=1).max()) for _, mask in out)
+    return [(emb[:, :length], mask[:, :length]) for emb, mask in out]
 
 
 def train_matcher(pipe, cache: TokenCache, args) -> tuple:
-    """Trains the matcher; returns (score_fn(params, ids, emb, mask), params, the caption
-    length it reads, and how often a held-out clip's caption outscores its near miss)."""
+    """Trains the matcher; returns (score_fn(params, ids, emb, mask), params, and how often
+    a held-out clip's caption outscores its near miss)."""
     tokenizer, text = pipe.tokenizer, pipe.text
     ids = np.asarray(tokenizer.codes_to_ids(jnp.asarray(cache.arrays["tokens"])))
     captions = [str(c) for c in cache.arrays["caption"]]
     rng = np.random.default_rng(args.seed)
-    length = int(cache.arrays["text_mask"].sum(axis=1).max())
-    pos = embed(text, captions, length)
-    negs = [embed(text, negatives(captions, rng, pipe.config.data), length) for _ in range(2)]
+    pos, *negs = embed(
+        text, captions, *(negatives(captions, rng, pipe.config.data) for _ in range(2))
+    )
     train_rows = len(captions) - args.heldout
     if train_rows < args.batch:
         raise ValueError(f"the cache has {len(captions)} clips; lower --heldout={args.heldout}")
@@ -245,7 +251,7 @@ def train_matcher(pipe, cache: TokenCache, args) -> tuple:
     above = score(params, ids[held], pos[0][held], pos[1][held]) > score(
         params, ids[held], negs[0][0][held], negs[0][1][held]
     )
-    return score, params, length, float(np.mean(above))
+    return score, params, float(np.mean(above))
 
 
 def main(argv=None):
@@ -267,11 +273,11 @@ def main(argv=None):
 
     pipe = pipelines.TextToVideo.from_workdir(args.workdir)
     cache = TokenCache(t2v.cache_path(pipe.config, args.workdir))
-    score, params, length, heldout = train_matcher(pipe, cache, args)
+    score, params, heldout = train_matcher(pipe, cache, args)
 
     batches = pipeline.eval_batches(pipe.config.data, args.prompts, args.prompts, split="eval")
     prompts = [str(c) for b in batches for c in b["caption"]]
-    emb, mask = embed(pipe.text, prompts, length)
+    [(emb, mask)] = embed(pipe.text, prompts)
     videos, logits = [], []
     for seed in range(args.candidates):
         frames, tokens = pipe.generate(prompts, seed=seed, return_tokens=True)
