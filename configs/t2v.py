@@ -492,6 +492,9 @@ def _toy() -> ml_collections.ConfigDict:
     # 0.54 (64 prompts). The confidence order fixes the easy background first and leaves
     # every object token to the last steps, drawn in parallel; a random order interleaves
     # them. 96 steps (32 prompts) gave no more (0.61 / 0.28): what remains is the model.
+    # Session 30 (the session-30 main-job model, sampling seeds 0-4): the later latent frames
+    # drawn again given a first sample's first frame, 0.681 / 0.683 / 0.815 (object count)
+    # against 0.687 / 0.681 / 0.797; the order is not what loses the two-object binding.
     c.eval.update(steps=24, choice_temperature=100.0)
     # Token temperature 1 (no sharpening) for the patched model. Session 14, the session-13
     # patched model on the session-10 tokenizer (`tools/reevaluate.py --set=...`), colour /
