@@ -16,7 +16,8 @@ blocks with 1D RoPE over the joint sequence, a logit read from CLS.
    colour repeated, an object dropped or added), or 15% of the time another clip's
    caption. Shape edits are left out: the tokenizer itself loses shapes (the oracle
    reads 0.71-0.78 in its reconstructions), and the caption scores that miss are colour,
-   motion and the object count. The tokens enter as ids plus their FSQ digits.
+   motion and the object count. The tokens enter as ids plus their quantizer vectors
+   (`FrozenTokenizer.id_vectors`: FSQ's scaled digits).
 2. Reports how often the matcher scores a held-out cache clip's caption above its near
    miss (`heldout_pos_above_neg`; the last `--heldout` rows of the cache, never trained on).
 3. Samples `--candidates` clips per held-out caption with the run's t2v model and eval
@@ -25,10 +26,11 @@ blocks with 1D RoPE over the joint sequence, a logit read from CLS.
 
 Session 30, the session-30 main job (6,542 t2v steps), defaults (2,500 steps of 32 pairs
 of each kind, 7 minutes alone; 4 candidates; eval prompts 0-63): a held-out caption
-outscored its near miss 0.80 of the time, yet the matcher's picks scored colour / motion /
-object count 0.687 / 0.636 / 0.750, against 0.689 / 0.684 / 0.805 for the candidates'
-mean and 0.667 / 0.717 / 0.875 for its lowest-scored picks. Telling real clips from edited
-captions does not carry over to telling the denoiser's samples apart (docs/EXPERIMENTS.md).
+outscored its near miss 0.82 of the time; the matcher's picks scored colour / motion /
+object count 0.687 / 0.737 / 0.859, against 0.689 / 0.684 / 0.805 for the candidates'
+mean and 0.667 / 0.687 / 0.812 for its lowest-scored picks. Earlier runs that differed
+only in their random draws moved motion and count by as much the other way, and colour
+never gained: no dependable gain (docs/EXPERIMENTS.md).
 """
 
 from __future__ import annotations
@@ -56,7 +58,6 @@ from motionaura_jax.denoiser.model import PatchEmbed  # noqa: E402
 from motionaura_jax.nn.attention import SpectralAttention, rope_angles  # noqa: E402
 from motionaura_jax.nn.layers import FeedForward, LayerNorm, dense_init, partitioned  # noqa: E402
 from motionaura_jax.parallel import axes  # noqa: E402
-from motionaura_jax.tokenizer.quantizers import fsq_digits  # noqa: E402
 from motionaura_jax.train import t2v  # noqa: E402
 from motionaura_jax.train.t2v_data import TokenCache  # noqa: E402
 from tools.text_usage_probe import print_json  # noqa: E402
@@ -157,15 +158,6 @@ class CaptionMatcher(nn.Module):
         return logit[:, 0]
 
 
-def token_features(tokenizer, ids: jax.Array) -> jax.Array | None:
-    """(B, n, h, w) ids -> (B, n, h, w, F) FSQ digits in [-1, 1], or None without FSQ."""
-    levels = tokenizer.raw.code_levels
-    if not levels:
-        return None
-    digits = fsq_digits(tokenizer.ids_to_codes(ids), levels).astype(jnp.float32)
-    return digits / (jnp.asarray(levels, jnp.float32) - 1) * 2 - 1
-
-
 def negatives(captions: list[str], rng: np.random.Generator, data_config) -> list[str]:
     """One near miss per caption; another caption where no edit applies or by chance."""
     out = []
@@ -208,15 +200,18 @@ def train_matcher(pipe, cache: TokenCache, args) -> tuple:
 
     model = CaptionMatcher(tokenizer.vocab_size, width=args.width, depth=args.depth)
 
+    # Each id's code as its quantizer writes it (FSQ: scaled digits), beside its embedding.
+    vectors = jnp.asarray(tokenizer.id_vectors())
+
     def apply(params, tokens, emb, mask):
-        return model.apply(params, tokens, emb, mask, token_features(tokenizer, tokens))
+        return model.apply(params, tokens, emb, mask, vectors[tokens])
 
     params = model.init(
         jax.random.key(args.seed),
         ids[:1],
         pos[0][:1],
         pos[1][:1],
-        token_features(tokenizer, jnp.asarray(ids[:1])),
+        vectors[ids[:1]],
     )
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, args.lr, min(100, args.steps // 10), args.steps, args.lr * 0.05
