@@ -17,7 +17,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
 
     c.optimizer = ml_collections.ConfigDict(
         dict(
-            name="adamw",  # adamw | adam | sgd
+            name="adamw",  # adamw | adam | sgd | muon (Muon on matrix kernels, train/optim.py)
             lr=1e-4,
             schedule="cosine",  # cosine | constant | linear
             warmup_steps=0,

@@ -47,16 +47,21 @@ def logical_shardings(abstract_tree: PyTree, mesh: Mesh, rules) -> PyTree:
 
     Unannotated leaves (optimizer counters, scalars) are replicated.
     """
-    specs = nn.get_partition_spec(abstract_tree)
-    mesh_specs = nn.logical_to_mesh(specs, rules)
-    unboxed = nn.meta.unbox(abstract_tree)
 
-    def one(path, leaf, spec):
-        spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
+    # One pass over the boxed tree (not a zip of specs with values): a partitioned
+    # optimizer's state (optax.contrib.muon) boxes empty nodes (MaskedNode) where the other
+    # partition's params are, and those must stay empty nodes.
+    def one(path, leaf):
+        spec = PartitionSpec()
+        if isinstance(leaf, nn.Partitioned):
+            if not jax.tree.leaves(leaf.value):
+                return leaf.value
+            spec = nn.logical_to_mesh(nn.get_partition_spec(leaf), rules)
+            leaf = leaf.value
         return NamedSharding(mesh, _fit_spec(spec, leaf.shape, mesh, jax.tree_util.keystr(path)))
 
     return jax.tree_util.tree_map_with_path(
-        one, unboxed, mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
+        one, abstract_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned)
     )
 
 

@@ -117,8 +117,10 @@ def setup(
     example = device_fields(stage, next(data))
     data.set_state(start)  # peeking must not shift the batches that training sees
 
-    tx, schedule = optim.make_optimizer(config.optimizer, config.train.num_steps)
     example_row = {k: v[:1] for k, v in example.items()}
+    with nn.logical_axis_rules(stage.rules):
+        abstract_params = jax.eval_shape(stage.init, jax.random.PRNGKey(config.seed), example_row)
+    tx, schedule = optim.make_optimizer(config.optimizer, config.train.num_steps, abstract_params)
 
     def init_state(row):
         params = stage.init(jax.random.PRNGKey(config.seed), row)
