@@ -40,6 +40,11 @@ def _abstract_params():
         },
         "rgb_out": {"kernel": _boxed((1, 8, 8, 32, 3), (axes.CONV_SPACE,) + (None,) * 4)},
         "depthwise": {"kernel": _boxed((3, 3, 3, 16), (axes.CONV_SPACE,) * 3 + (axes.CONV_OUT,))},
+        # a LoRA adapter's factors (nn/lora.py), scanned: (D, rank) and (rank, heads, kv)
+        "lora": {
+            "down": _boxed((2, 16, 4), (axes.LAYERS, axes.EMBED, None)),
+            "up": _boxed((2, 4, 4, 8), (axes.LAYERS, None, axes.HEADS, axes.KV)),
+        },
         "head": {"kernel": _boxed((16, 32), (axes.EMBED, axes.VOCAB))},
         "table": _boxed((32, 16), (axes.VOCAB, axes.EMBED)),
     }
@@ -53,6 +58,8 @@ def test_muon_axes_come_from_logical_names():
     assert dims["mlp"]["kernel"] == mdn((0,), (1,))
     assert dims["conv"]["kernel"] == mdn((0, 1, 2, 3), (4,))
     assert dims["conv_partly_named"]["kernel"] == mdn((0, 1, 2, 3), (4,))
+    assert dims["lora"]["down"] == mdn((1,), (2,))
+    assert dims["lora"]["up"] == mdn((1,), (2, 3))
     # Adam: biases, depthwise kernels, RGB layers, anything with a vocabulary axis
     adam = ("mlp", "bias"), ("depthwise", "kernel"), ("rgb_out", "kernel"), ("head", "kernel")
     for leaf in (dims[a][b] for a, b in adam):

@@ -70,13 +70,25 @@ def _muon_axes(
     return optax.contrib.MuonDimensionNumbers(tuple(reduce), tuple(out))
 
 
+_LORA_FACTORS = ("down", "up")
+
+
 def muon_dimension_numbers(abstract_params: Any) -> Any:
-    """The params' tree (unboxed) with Muon's dimension numbers on matrix kernels and None
-    elsewhere, read from the `nn.LogicallyPartitioned` boxes of `abstract_params`."""
+    """The params' tree (unboxed) with Muon's dimension numbers on matrix kernels and LoRA
+    adapter factors and None elsewhere, read from the `nn.LogicallyPartitioned` boxes of
+    `abstract_params`."""
 
     def one(path, leaf):
-        is_kernel = path and getattr(path[-1], "key", None) == "kernel"
-        if not is_kernel or not isinstance(leaf, nn.LogicallyPartitioned):
+        key = getattr(path[-1], "key", None) if path else None
+        if not isinstance(leaf, nn.LogicallyPartitioned):
+            return None
+        if key in _LORA_FACTORS:
+            # LoRA factors (nn/lora.py) name only their outer axes: `down` is (D, rank),
+            # `up` (rank, *features), after any `layers` axis.
+            dims = [i for i, n in enumerate(leaf.names) if n != axes.LAYERS]
+            split = len(dims) - 1 if key == "down" else 1
+            return optax.contrib.MuonDimensionNumbers(tuple(dims[:split]), tuple(dims[split:]))
+        if key != "kernel":
             return None
         return _muon_axes(tuple(leaf.names), tuple(leaf.value.shape))
 
