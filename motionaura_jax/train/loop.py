@@ -122,15 +122,17 @@ def setup(
         abstract_params = jax.eval_shape(stage.init, jax.random.PRNGKey(config.seed), example_row)
     tx, schedule = optim.make_optimizer(config.optimizer, config.train.num_steps, abstract_params)
 
-    def init_state(row):
-        params = stage.init(jax.random.PRNGKey(config.seed), row)
+    def state_of(params):
         ema = params if config.train.ema_decay > 0 else None
         return TrainState(
             step=np.int32(0), params=params, opt_state=tx.init(params), ema_params=ema
         )
 
-    with nn.logical_axis_rules(stage.rules):
-        abstract_boxed = jax.eval_shape(init_state, example_row)
+    def init_state(row):
+        return state_of(stage.init(jax.random.PRNGKey(config.seed), row))
+
+    # The params' shapes are traced once, above; the state's follow from them.
+    abstract_boxed = jax.eval_shape(state_of, abstract_params)
     state_shardings = sharding.logical_shardings(abstract_boxed, mesh, stage.rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(stage.rules):
         state = jax.jit(lambda row: nn.meta.unbox(init_state(row)), out_shardings=state_shardings)(
